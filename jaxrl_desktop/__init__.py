@@ -1,0 +1,1 @@
+"""The learner: Flax NNX policy on a (data, fsdp, tensor) mesh, rollouts, BC -> GRPO -> Entropulse."""
