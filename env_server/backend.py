@@ -51,7 +51,7 @@ def make_backend(name: str, **kwargs) -> Backend:
 
 def _load_builtin(name: str) -> None:
     if name == "sim":
-        import env_server.sim.backend  # noqa: F401  (registers itself)
+        import env_server.sim.backend
     elif name == "x11":
         try:
             import env_server.x11.backend  # noqa: F401

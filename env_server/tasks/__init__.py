@@ -1,0 +1,1 @@
+"""Desktop tasks: families, splits, verifiers and the scripted expert."""
