@@ -1,0 +1,141 @@
+"""Task families over all apps: the expert solves everything in both styles, verifiers reject unsolved
+states, a random policy solves almost nothing, splits are disjoint and deterministic."""
+
+import random
+
+import pytest
+
+from env_server.a11y import parse_rows
+from env_server.actions import ActionError
+from env_server.sim import SIM_SCHEMA
+from env_server.sim.backend import SimBackend
+from env_server.tasks.base import SPLITS
+from env_server.tasks.expert import Expert
+from env_server.tasks.registry import FAMILIES, HELDOUT_FAMILIES, families, family, make_task
+from env_server.types import TaskRef
+
+SEEDS = 12
+
+
+def run_expert(backend, task, style, coords=False):
+    obs = backend.reset(task)
+    expert = Expert(task, style, coords=coords)
+    actions = []
+    while not obs.last:
+        action = expert.act(obs)
+        actions.append(action)
+        obs = backend.step(action)
+    return obs, actions
+
+
+def cases():
+    for name in FAMILIES:
+        for split in SPLITS:
+            if split == "train" and name in HELDOUT_FAMILIES:
+                continue
+            yield name, split
+
+
+def test_enough_families_over_apps():
+    assert len(FAMILIES) >= 11
+    apps = {a for f in FAMILIES.values() for a in f.apps}
+    assert {"files", "editor"} <= apps
+    assert any(not f.feasible for f in FAMILIES.values())
+    assert HELDOUT_FAMILIES and set(families("train")).isdisjoint(HELDOUT_FAMILIES)
+
+
+@pytest.mark.parametrize("name, split", list(cases()))
+def test_expert_solves_every_task_in_both_styles(name, split):
+    backend = SimBackend()
+    for seed in range(SEEDS):
+        task = make_task(TaskRef(name, seed, split))
+        api_obs, _ = run_expert(backend, task, "api")
+        api_state = backend.desktop.state()
+        assert api_obs.reward == 1.0, (task.task_id, "api", api_obs.error)
+        gui_obs, actions = run_expert(backend, task, "gui", coords=seed % 3 == 0)
+        assert gui_obs.reward == 1.0, (task.task_id, "gui", gui_obs.error)
+        for a in actions:
+            assert SIM_SCHEMA.parse(a).kind != "api", (task.task_id, a)
+        # the API plan and the GUI plan leave the same files behind
+        assert backend.desktop.state()["files"] == api_state["files"], task.task_id
+
+
+@pytest.mark.parametrize("name, split", list(cases()))
+def test_verifier_rejects_unsolved_states(name, split):
+    fam = family(name)
+    backend = SimBackend()
+    for seed in range(4):
+        task = make_task(TaskRef(name, seed, split))
+        backend.reset(task)
+        obs = backend.step("done()")
+        assert obs.reward == 0.0, f"{task.task_id}: done() on the initial state must not pass"
+        if not fam.feasible:
+            backend.reset(task)
+            assert backend.step("fail()").reward == 1.0
+        else:
+            run_expert(backend, task, "api")
+            backend.desktop.declared = "fail"  # solved but claimed infeasible
+            assert backend.evaluate() == 0.0
+
+
+def test_tasks_are_deterministic_and_splits_disjoint():
+    for name in FAMILIES:
+        for split in SPLITS:
+            if split == "train" and name in HELDOUT_FAMILIES:
+                with pytest.raises(ValueError, match="held out"):
+                    make_task(TaskRef(name, 0, split))
+                continue
+            a, b = make_task(TaskRef(name, 3, split)), make_task(TaskRef(name, 3, split))
+            assert a == b
+        if name not in HELDOUT_FAMILIES:
+            train = {make_task(TaskRef(name, s, "train")).instruction for s in range(200)}
+            held = {make_task(TaskRef(name, s, "heldout")).instruction for s in range(200)}
+            assert train.isdisjoint(held), name
+            assert len(train) > 20, name  # parameters really vary
+
+
+def test_sampling_a_split_covers_its_families():
+    seen = {make_task(TaskRef("", s, "train")).family for s in range(400)}
+    assert seen == set(families("train"))
+    with pytest.raises(ValueError, match="unknown split"):
+        make_task(TaskRef("", 0, "test"))
+    with pytest.raises(ValueError, match="unknown task family"):
+        make_task(TaskRef("files.nope", 0, "train"))
+
+
+def random_action(rng: random.Random, obs) -> str:
+    rows = parse_rows(obs.a11y)
+    choice = rng.random()
+    if choice < 0.5 and rows:
+        return f"click(#{rng.choice(rows).id})"
+    if choice < 0.6:
+        return f"click({rng.randrange(1280)}, {rng.randrange(720)})"
+    if choice < 0.7:
+        return f'type("{rng.choice(["a", "hello", "Reports", "1"])}")'
+    if choice < 0.8:
+        return f'hotkey("{rng.choice(["enter", "escape", "ctrl", "backspace"])}")'
+    if choice < 0.85:
+        return f"scroll({rng.randint(-3, 3)})"
+    if choice < 0.9:
+        return f"double_click(#{rng.choice(rows).id})" if rows else "scroll(1)"
+    return rng.choice(["done()", "fail()"])
+
+
+def test_random_policy_solves_almost_nothing():
+    rng = random.Random(0)
+    backend = SimBackend()
+    solved, n = 0, 0
+    for seed in range(300):
+        obs = backend.reset(TaskRef("", seed, "train"))
+        while not obs.last:
+            action = random_action(rng, obs)
+            try:
+                SIM_SCHEMA.parse(action)
+            except ActionError:  # pragma: no cover - the generator only makes valid actions
+                raise
+            obs = backend.step(action)
+            assert "internal simulator error" not in obs.error, obs.error
+        solved += obs.reward
+        n += 1
+    # only infeasible tasks can be solved by chance (by saying fail()); nothing else should be
+    assert solved / n < 0.1, solved / n
