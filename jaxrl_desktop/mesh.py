@@ -42,9 +42,9 @@ def make_mesh(
     devices = list(jax.devices() if devices is None else devices)
     shape = [data, fsdp, tensor]
     if shape.count(-1) > 1:
-        raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, shape))}")
+        raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, shape, strict=True))}")
     if any(s == 0 or s < -1 for s in shape):
-        raise ValueError(f"mesh axis sizes must be positive or -1, got {dict(zip(MESH_AXES, shape))}")
+        raise ValueError(f"mesh axis sizes must be positive or -1, got {dict(zip(MESH_AXES, shape, strict=True))}")
     known = int(np.prod([s for s in shape if s != -1]))
     if -1 in shape:
         if len(devices) % known:
@@ -55,7 +55,7 @@ def make_mesh(
     total = int(np.prod(shape))
     if total > len(devices):
         raise ValueError(
-            f"mesh {dict(zip(MESH_AXES, shape))} needs {total} devices, only {len(devices)} available"
+            f"mesh {dict(zip(MESH_AXES, shape, strict=True))} needs {total} devices, only {len(devices)} available"
         )
     grid = np.asarray(devices[:total], dtype=object).reshape(shape)
     axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)

@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "")
-import jax  # noqa: E402
+import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
 
