@@ -1,0 +1,1 @@
+"""Pistis-RAG ranking cascade: dense/sparse matching, pre-ranking and listwise losses."""
