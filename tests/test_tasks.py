@@ -36,12 +36,20 @@ def cases():
             yield name, split
 
 
+APPS = ("files", "editor", "sheet", "terminal", "settings", "mail")
+
+
 def test_enough_families_over_apps():
-    assert len(FAMILIES) >= 11
-    apps = {a for f in FAMILIES.values() for a in f.apps}
-    assert {"files", "editor"} <= apps
-    assert any(not f.feasible for f in FAMILIES.values())
+    assert len(FAMILIES) >= 24
+    assert {a for f in FAMILIES.values() for a in f.apps} == set(APPS) == set(SIM_SCHEMA.apps)
+    assert sum(not f.feasible for f in FAMILIES.values()) >= 3
+    assert sum(len(f.apps) > 1 for f in FAMILIES.values()) >= 5  # multi-app workflows
     assert HELDOUT_FAMILIES and set(families("train")).isdisjoint(HELDOUT_FAMILIES)
+    for app in APPS:
+        mine = [n for n, f in FAMILIES.items() if app in f.apps]
+        assert len(mine) >= 3, app
+        assert any(n in HELDOUT_FAMILIES for n in mine), f"no held-out family uses {app}"
+        assert any(n not in HELDOUT_FAMILIES for n in mine), f"no train family uses {app}"
 
 
 @pytest.mark.parametrize("name, split", list(cases()))
@@ -56,8 +64,11 @@ def test_expert_solves_every_task_in_both_styles(name, split):
         assert gui_obs.reward == 1.0, (task.task_id, "gui", gui_obs.error)
         for a in actions:
             assert SIM_SCHEMA.parse(a).kind != "api", (task.task_id, a)
-        # the API plan and the GUI plan leave the same files behind
-        assert backend.desktop.state()["files"] == api_state["files"], task.task_id
+        # the API plan and the GUI plan leave the same files, settings and sent emails behind
+        gui_state = backend.desktop.state()
+        for key in ("files", "settings"):
+            assert gui_state[key] == api_state[key], (task.task_id, key)
+        assert gui_state["mail"]["sent"] == api_state["mail"]["sent"], task.task_id
 
 
 @pytest.mark.parametrize("name, split", list(cases()))
@@ -125,6 +136,7 @@ def test_random_policy_solves_almost_nothing():
     rng = random.Random(0)
     backend = SimBackend()
     solved, n = 0, 0
+    solved_feasible = 0
     for seed in range(300):
         obs = backend.reset(TaskRef("", seed, "train"))
         while not obs.last:
@@ -136,6 +148,8 @@ def test_random_policy_solves_almost_nothing():
             obs = backend.step(action)
             assert "internal simulator error" not in obs.error, obs.error
         solved += obs.reward
+        solved_feasible += obs.reward * family(backend.task.family).feasible
         n += 1
     # only infeasible tasks can be solved by chance (by saying fail()); nothing else should be
     assert solved / n < 0.1, solved / n
+    assert solved_feasible / n < 0.02, solved_feasible / n

@@ -41,6 +41,11 @@ _STYLE: dict[str, tuple] = {
     "cell": (WHITE, (200, 202, 206), TEXT, "left"),
     "column header": ((230, 232, 236), (200, 202, 206), TEXT, "center"),
     "row header": ((230, 232, 236), (200, 202, 206), TEXT, "center"),
+    "combo box": (WHITE, BORDER, TEXT, "left"),
+    "list item": (None, None, TEXT, "left"),
+    "attachment": ((250, 244, 220), BORDER, TEXT, "left"),
+    "terminal": ((24, 26, 32), BORDER, WHITE, None),
+    "terminal line": (None, None, (225, 228, 232), "left"),
 }
 _DEFAULT = (None, None, TEXT, "left")
 

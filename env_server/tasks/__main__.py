@@ -1,4 +1,5 @@
-"""``python -m env_server.tasks``: list every task family with its apps, split and counts."""
+"""``python -m env_server.tasks [SEEDS]``: list every task family with its apps, split and counts, then
+the number of families per app."""
 
 from __future__ import annotations
 
@@ -28,7 +29,18 @@ def main(argv: list[str]) -> int:
     n_held = len(HELDOUT_FAMILIES)
     print(f"\n{len(FAMILIES)} families ({len(FAMILIES) - n_held} train, {n_held} held-out only); "
           f"distinct instances over {seeds} seeds: train {totals['train']}, heldout {totals['heldout']}")
+    print_per_app()
     return 0
+
+
+def print_per_app() -> None:
+    """Families per app (a multi-app family counts for each of its apps)."""
+    print(f"\n{'app':10} {'families':>8} {'train':>6} {'heldout':>8} {'multi-app':>9} {'infeasible':>10}")
+    for app in sorted({a for f in FAMILIES.values() for a in f.apps}):
+        mine = {n: f for n, f in FAMILIES.items() if app in f.apps}
+        held = sum(n in HELDOUT_FAMILIES for n in mine)
+        print(f"{app:10} {len(mine):>8} {len(mine) - held:>6} {held:>8} "
+              f"{sum(len(f.apps) > 1 for f in mine.values()):>9} {sum(not f.feasible for f in mine.values()):>10}")
 
 
 if __name__ == "__main__":

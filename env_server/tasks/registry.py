@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import random
 
-from env_server.tasks import editor_tasks, files_tasks
+from env_server.tasks import (
+    editor_tasks,
+    files_tasks,
+    mail_tasks,
+    multi_tasks,
+    settings_tasks,
+    sheet_tasks,
+    terminal_tasks,
+)
 from env_server.tasks.base import SPLITS, Task, TaskFamily
 from env_server.types import TaskRef
 
-_MODULES = (files_tasks, editor_tasks)
+_MODULES = (files_tasks, editor_tasks, sheet_tasks, terminal_tasks, settings_tasks, mail_tasks,
+            multi_tasks)
 
 FAMILIES: dict[str, TaskFamily] = {f.name: f for m in _MODULES for f in m.FAMILIES}
 HELDOUT_FAMILIES: frozenset[str] = frozenset(n for m in _MODULES for n in m.HELDOUT)
@@ -16,6 +25,11 @@ assert FAMILIES.keys() >= HELDOUT_FAMILIES, HELDOUT_FAMILIES - FAMILIES.keys()
 
 
 def family(name: str) -> TaskFamily:
+    if name.startswith("x11."):  # real-desktop families live with the x11 backend (loaded on demand)
+        from env_server.x11.tasks import FAMILIES as X11_FAMILIES
+
+        if name in X11_FAMILIES:
+            return X11_FAMILIES[name]
     try:
         return FAMILIES[name]
     except KeyError:
