@@ -20,7 +20,7 @@ from flax import nnx
 
 from jaxrl_desktop.grammar_mask import TokenGrammar, advance, allowed_tokens
 from jaxrl_desktop.models.attention import KVCache
-from jaxrl_desktop.models.decoder import Decoder
+from jaxrl_desktop.models.decoder import Decoder, entropy_from_logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,12 +40,14 @@ class SampleOutput:
     """``tokens[B, N]`` (``pad_id`` after the end), ``mask`` marks generated tokens (end token
     included), ``logprobs`` are under the distribution actually sampled from (temperature, top-p and
     grammar mask applied; greedy: the masked temperature-1 distribution), ``model_logprobs`` under
-    the raw model (T=1, no mask). ``finished`` says the row produced ``eos_id``."""
+    the raw model (T=1, no mask), ``entropy`` is the raw model's entropy at each generated position.
+    ``finished`` says the row produced ``eos_id``."""
 
     tokens: jax.Array
     mask: jax.Array
     logprobs: jax.Array
     model_logprobs: jax.Array
+    entropy: jax.Array
     lengths: jax.Array
     finished: jax.Array
 
@@ -138,7 +140,7 @@ def _generate(
     carry = dict(
         i=jnp.zeros((), jnp.int32), logits=logits, state=state, rng=rng,
         tokens=jnp.full((b, n), cfg.pad_id, jnp.int32), mask=jnp.zeros((b, n), bool),
-        logprobs=zeros_f, model_logprobs=zeros_f, done=jnp.zeros((b,), bool),
+        logprobs=zeros_f, model_logprobs=zeros_f, entropy=zeros_f, done=jnp.zeros((b,), bool),
         gstate=grammar.initial_state(b) if grammar is not None else jnp.zeros((b,), jnp.int32),
     )
 
@@ -159,13 +161,14 @@ def _generate(
             tokens=put(c["tokens"], tok), mask=put(c["mask"], live),
             logprobs=put(c["logprobs"], jnp.where(live, lp, 0.0)),
             model_logprobs=put(c["model_logprobs"], jnp.where(live, mlp, 0.0)),
+            entropy=put(c["entropy"], jnp.where(live, entropy_from_logits(c["logits"]), 0.0)),
             done=c["done"] | (live & (tok == cfg.eos_id)),
         )
 
     c = jax.lax.while_loop(cond, body, carry)
     return SampleOutput(
         tokens=c["tokens"], mask=c["mask"], logprobs=c["logprobs"], model_logprobs=c["model_logprobs"],
-        lengths=c["mask"].sum(axis=1, dtype=jnp.int32), finished=c["done"],
+        entropy=c["entropy"], lengths=c["mask"].sum(axis=1, dtype=jnp.int32), finished=c["done"],
     )
 
 

@@ -1,0 +1,49 @@
+"""Default CPU training run: BC -> GRPO -> Entropulse -> GRPO on the simulated desktop.
+
+Use: ``python -m jaxrl_desktop.train --config=configs/desktop_small.py --config.rl.group_size=8``.
+Sized to finish in well under 30 minutes on 2 CPU cores.
+"""
+
+from ml_collections import ConfigDict
+
+
+def get_config() -> ConfigDict:
+    c = ConfigDict()
+    c.seed = 0
+    c.workdir = "runs/desktop_small"
+    c.num_cpu_devices = 2  # simulated CPU devices (ignored on accelerators); 0 = leave JAX's default
+
+    c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+    # The policy: a small decoder; the vocabulary size is taken from the tokenizer.
+    c.model = ConfigDict(dict(
+        preset="", hidden_size=128, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=32,
+        intermediate_size=384, tie_embeddings=True, max_seq_len=512,
+    ))
+    c.tokenizer = ConfigDict(dict(path="", vocab_size=1024))  # path: reuse a tokenizer.json
+    c.prompt = ConfigDict(dict(max_prompt_tokens=128, max_action_tokens=40, max_rows=6, history=3))
+
+    c.env = ConfigDict(dict(
+        servers="",  # comma-separated host:port of running servers; empty = start an embedded one
+        workers=2, token="", max_episode_steps=6, timeout_s=120.0,
+    ))
+
+    c.optim = ConfigDict(dict(weight_decay=0.01, clip_norm=1.0, b2=0.98))
+
+    c.bc = ConfigDict(dict(episodes=1536, steps=1400, batch_size=64, lr=2e-3, warmup=50, log_every=25))
+    c.rl = ConfigDict(dict(
+        phases=2,  # RL phases (an Entropulse SFT phase runs between consecutive ones)
+        iters=24,  # iterations per RL phase at most
+        tasks_per_iter=12, group_size=8, epochs=1, minibatch=128,
+        lr=2e-4, eps_low=0.2, eps_high=0.28, kl_coef=0.0, temperature=1.0, top_p=1.0,
+        grammar_mask=True, store_size=4096,
+    ))
+    c.entropulse = ConfigDict(dict(
+        entropy_threshold=0.04,  # mean action-token entropy below this ends an RL phase ...
+        min_rl_iters=8,  # ... once the phase has run this many iterations
+        steps=60, batch_size=64, lr=2e-4,
+    ))
+    c.eval = ConfigDict(dict(episodes=96, train_episodes=48, every=8, grammar_mask=True))
+    c.checkpoint = ConfigDict(dict(sft_every=200, rl_every=2, keep=3, async_save=True))
+    c.log = ConfigDict(dict(tensorboard=True, progress=True, plot=True, measure_peak=True))
+    return c

@@ -1,0 +1,176 @@
+"""Episodes against the env server: lockstep batched rollouts of any policy over a batched client.
+
+A policy sees one :class:`StepView` per live env and returns one :class:`Choice` per view. The
+rollout keeps, for every step, what the learner needs later (prompt and action token ids and the
+sampler's per-token log-probs) plus the (env id, episode id, step index) the server stamped on it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from env_server.client import StepResult
+from env_server.tasks.baselines import random_action
+from env_server.tasks.expert import Expert, ExpertError
+from env_server.tasks.registry import make_task
+from env_server.types import Observation, TaskRef
+from jaxrl_desktop.prompt import feedback_text
+
+
+@dataclass
+class StepView:
+    """What a policy may look at for one env at one step."""
+
+    task: TaskRef
+    instruction: str
+    a11y: str
+    history: list[str]
+    feedback: str
+    obs: Observation
+
+
+@dataclass
+class Choice:
+    """A policy's action; model policies also fill the token ids and log-probs."""
+
+    text: str
+    prompt_ids: list[int] | None = None
+    action_ids: list[int] | None = None
+    logprobs: np.ndarray | None = None  # per action token, under the sampling-time model
+    entropy: np.ndarray | None = None  # the model's entropy at each action token
+
+
+@dataclass
+class Step:
+    view: StepView  # what the policy saw
+    choice: Choice
+    error: str
+    step_index: int
+    parsed: bool = True  # the env parsed the action (False = malformed / ill-typed)
+
+
+@dataclass
+class Episode:
+    task: TaskRef
+    instruction: str
+    env_id: int = 0
+    episode_id: int = 0
+    steps: list[Step] = field(default_factory=list)
+    reward: float = 0.0
+    finished: bool = False  # the env ended the episode (done/fail/out of steps)
+
+    @property
+    def success(self) -> bool:
+        return self.reward > 0.5
+
+    @property
+    def family(self) -> str:
+        return self.task.family or make_task(self.task).family
+
+
+class Policy(Protocol):
+    def act(self, views: Sequence[StepView]) -> list[Choice]: ...
+
+
+class EnvClient(Protocol):
+    def reset(self, env_ids: Sequence[int], tasks: Sequence[TaskRef], **kw) -> list[StepResult]: ...
+    def step(self, env_ids: Sequence[int], actions: Sequence[str], **kw) -> list[StepResult]: ...
+
+
+def _check(results: Sequence[StepResult], what: str) -> None:
+    bad = [r for r in results if not r.ok]
+    if bad:
+        r = bad[0]
+        raise RuntimeError(f"env server {what} failed for {len(bad)} env(s); first: env {r.env_id}: "
+                           f"{r.code.name}: {r.message}")
+
+
+def run_episodes(
+    client: EnvClient,
+    env_ids: Sequence[int],
+    tasks: Sequence[TaskRef],
+    policy: Policy,
+    max_steps: int | None = None,
+) -> list[Episode]:
+    """Run one episode of ``tasks[i]`` on ``env_ids[i]`` for every i, all envs in lockstep.
+
+    ``max_steps`` caps the policy's steps (the env's own step limit applies too); an episode cut by
+    the cap counts as unsuccessful.
+    """
+    if len(tasks) > len(env_ids):
+        raise ValueError(f"{len(tasks)} tasks but only {len(env_ids)} envs")
+    ids = list(env_ids[: len(tasks)])
+    results = client.reset(ids, list(tasks))
+    _check(results, "reset")
+    episodes, views = [], {}
+    for env_id, task, r in zip(ids, tasks, results, strict=True):
+        obs = r.observation
+        ep = Episode(task=task, instruction=obs.instruction, env_id=env_id, episode_id=r.episode_id)
+        episodes.append(ep)
+        views[env_id] = StepView(task, obs.instruction, obs.a11y, [], "", obs)
+    by_env = dict(zip(ids, episodes, strict=True))
+    live = list(ids)
+    while live:
+        choices = policy.act([views[e] for e in live])
+        results = client.step(live, [c.text for c in choices])
+        _check(results, "step")
+        still = []
+        for env_id, choice, r in zip(live, choices, results, strict=True):
+            ep, obs = by_env[env_id], r.observation
+            parsed = not obs.error or "action" in obs.info  # the sim reports the parsed form
+            seen = views[env_id]
+            ep.steps.append(Step(seen, choice, obs.error, r.step_index, parsed))
+            views[env_id] = StepView(seen.task, seen.instruction, obs.a11y, [*seen.history, choice.text],
+                                     feedback_text(obs.error, obs.info.get("result", "")), obs)
+            if obs.last:
+                ep.reward, ep.finished = float(obs.reward), True
+            elif max_steps is not None and len(ep.steps) >= max_steps:
+                ep.reward = 0.0
+            else:
+                still.append(env_id)
+        live = still
+    return episodes
+
+
+class ExpertPolicy:
+    """The scripted expert (API or GUI style) as a :class:`Policy`; resets itself per task."""
+
+    def __init__(self, style: str = "api"):
+        self.style = style
+        self._experts: dict[tuple, Expert] = {}
+
+    def act(self, views: Sequence[StepView]) -> list[Choice]:
+        out = []
+        for v in views:
+            key = (v.task, v.instruction)
+            if not v.history or key not in self._experts:
+                self._experts[key] = Expert(make_task(v.task), self.style)
+            try:
+                out.append(Choice(self._experts[key].act(v.obs)))
+            except ExpertError:
+                out.append(Choice("fail()"))
+        return out
+
+
+class RandomPolicy:
+    """Uniformly random well-formed actions (see :func:`env_server.tasks.baselines.random_action`)."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(seed)
+
+    def act(self, views: Sequence[StepView]) -> list[Choice]:
+        return [Choice(random_action(self.rng, v.obs)) for v in views]
+
+
+def success_rate(episodes: Sequence[Episode]) -> float:
+    return float(np.mean([e.success for e in episodes])) if episodes else 0.0
+
+
+def invalid_rate(episodes: Sequence[Episode]) -> float:
+    steps = [s for e in episodes for s in e.steps]
+    return float(np.mean([not s.parsed for s in steps])) if steps else 0.0
