@@ -25,12 +25,16 @@ def get_config() -> ConfigDict:
 
     c.env = ConfigDict(dict(
         servers="",  # comma-separated host:port of running servers; empty = start an embedded one
+        families="",  # "" = all task families; else comma-separated family or app names
         workers=2, token="", max_episode_steps=6, timeout_s=120.0,
     ))
 
     c.optim = ConfigDict(dict(weight_decay=0.01, clip_norm=1.0, b2=0.98))
 
-    c.bc = ConfigDict(dict(episodes=1536, steps=1400, batch_size=64, lr=2e-3, warmup=50, log_every=25))
+    c.bc = ConfigDict(dict(
+        episodes=1536, steps=1400, batch_size=64, lr=2e-3, warmup=50, log_every=25,
+        copy_fraction=0.3,  # share of synthetic copy drills in the BC data (see Trainer.copy_examples)
+    ))
     c.rl = ConfigDict(dict(
         phases=2,  # RL phases (an Entropulse SFT phase runs between consecutive ones)
         iters=24,  # iterations per RL phase at most

@@ -100,6 +100,30 @@ def task_seeds(*key: int, n: int) -> list[int]:
     return [int(s) for s in np.random.default_rng(list(key)).integers(0, 2**31 - 1, n)]
 
 
+def select_families(spec: str, split: str) -> list[str]:
+    """Families of ``split`` named by ``spec``: "" = all, else comma-separated family names or app
+    names (``files`` selects every ``files.*`` family)."""
+    from env_server.tasks.registry import FAMILIES, families
+
+    names = families(split)
+    if not spec.strip():
+        return names
+    wanted = [w.strip() for w in spec.split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in FAMILIES and not any(n.startswith(w + ".") for n in FAMILIES)]
+    if unknown:
+        raise ValueError(f"env.families: unknown family or app {unknown}; see `python -m env_server.tasks`")
+    return [n for n in names if n in wanted or n.split(".")[0] in wanted]
+
+
+def make_tasks(spec: str, split: str, seeds: Sequence[int]) -> list[TaskRef]:
+    """One task per seed; the family is drawn from the selection by the seed (all families if ``spec``
+    is empty, which leaves the choice to the server)."""
+    if not spec.strip():
+        return [TaskRef("", s, split) for s in seeds]
+    fams = select_families(spec, split)
+    return [TaskRef(fams[s % len(fams)], s, split) for s in seeds]
+
+
 def episode_text(episodes: Sequence[Episode]) -> Iterator[str]:
     """Everything a policy reads and writes, for training the tokenizer."""
     for ep in episodes:
@@ -191,7 +215,7 @@ class Trainer:
     # ------------------------------------------------------------------ data + model
     def expert_episodes(self) -> list[Episode]:
         n = self.cfg.bc.episodes
-        tasks = [TaskRef("", s, "train") for s in task_seeds(self.cfg.seed, 0, n=n)]
+        tasks = make_tasks(self.cfg.env.families, "train", task_seeds(self.cfg.seed, 0, n=n))
         eps = self.episodes(tasks, ExpertPolicy("api"), max_steps=64)
         solved = success_rate(eps)
         log.info("expert: %d episodes over the train split, %.1f%% solved", n, 100 * solved)
@@ -258,6 +282,22 @@ class Trainer:
             self.peak = measure_matmul_peak(n=512) * len(self.mesh.devices.flat)
             log.info("measured matmul peak: %.1f GFLOP/s over the mesh", self.peak / 1e9)
 
+    def copy_examples(self, n: int) -> list[Example]:
+        """Synthetic copy drills (``<|user|> x1..xk <|action|> x1..xk <|eos|>`` over random ordinary
+        tokens). Mixed into behaviour cloning they teach the small policy to copy spans it has never
+        seen (file names, subjects, held-out values) instead of recalling frequent training values."""
+        rng = np.random.default_rng([self.cfg.seed, 21])
+        specials = self.tok.special_ids()
+        ordinary = np.array([i for i in range(self.tok.vocab_size) if i not in specials])
+        out = []
+        for _ in range(n):
+            k = int(rng.integers(3, min(self.pcfg.max_action_tokens - 1, 24)))
+            span = [int(t) for t in rng.choice(ordinary, k)]
+            noise = [int(t) for t in rng.choice(ordinary, int(rng.integers(0, 12)))]
+            prompt = [self.tok.bos_id, self.encoder.user, *noise, *span, self.encoder.act]
+            out.append((prompt[: self.pcfg.max_prompt_tokens], [*span, self.tok.eos_id]))
+        return out
+
     def encode_examples(self, episodes: Sequence[Episode]) -> list[Example]:
         out, skipped = [], 0
         for ep in episodes:
@@ -303,7 +343,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def eval_tasks(self, split: str, n: int) -> list[TaskRef]:
-        return [TaskRef("", EVAL_SEED_BASE + j, split) for j in range(n)]
+        return make_tasks(self.cfg.env.families, split, [EVAL_SEED_BASE + j for j in range(n)])
 
     def evaluate(self, policy, label: str, step: int) -> dict:
         out = {"kind": "eval", "phase": label}
@@ -376,7 +416,7 @@ class Trainer:
         cfg = self.cfg.rl
         phase_n, i = progress["rl_phase"], progress["phase_step"]
         seeds = task_seeds(self.cfg.seed, 1 + phase_n, i, n=cfg.tasks_per_iter)
-        tasks = [TaskRef("", s, "train") for s in seeds for _ in range(cfg.group_size)]
+        tasks = [t for t in make_tasks(self.cfg.env.families, "train", seeds) for _ in range(cfg.group_size)]
         groups = [j for j in range(len(seeds)) for _ in range(cfg.group_size)]
         self.sample_policy.seed(jax.random.fold_in(jax.random.fold_in(self.base_key, 100 + phase_n), i))
         t0 = time.perf_counter()
@@ -471,7 +511,9 @@ class Trainer:
         if progress["phase"] == "bc":
             expert = expert if expert is not None else self.expert_episodes()
             bc_examples = self.encode_examples(expert)
-            log.info("behaviour cloning on %d (observation, action) pairs", len(bc_examples))
+            n_copy = int(len(bc_examples) * cfg.bc.copy_fraction / max(1e-9, 1 - cfg.bc.copy_fraction))
+            log.info("behaviour cloning on %d (observation, action) pairs + %d copy drills", len(bc_examples), n_copy)
+            bc_examples += self.copy_examples(n_copy)
         total = cfg.bc.steps + cfg.rl.phases * cfg.rl.iters + (cfg.rl.phases - 1) * cfg.entropulse.steps
         bar = tqdm(total=total, initial=min(progress["step"], total), disable=not cfg.log.progress,
                    desc="train", dynamic_ncols=True)

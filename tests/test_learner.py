@@ -177,3 +177,19 @@ def test_rollouts_over_grpc_expert_and_random(server):
         rnd = run_episodes(client, ids, tasks, RandomPolicy(0), max_steps=6)
         assert success_rate(rnd) < 0.5
         assert all(len(e.steps) <= 6 for e in rnd)
+
+
+def test_family_selection_for_the_main_job():
+    from env_server.tasks.registry import HELDOUT_FAMILIES
+    from jaxrl_desktop.trainer import make_tasks, select_families
+
+    files_train = select_families("files", "train")
+    assert files_train and all(f.startswith("files.") for f in files_train)
+    assert not set(files_train) & HELDOUT_FAMILIES
+    held = select_families("files,settings.set_volume", "heldout")
+    assert "settings.set_volume" in held and set(held) & HELDOUT_FAMILIES
+    with pytest.raises(ValueError, match="unknown family or app"):
+        select_families("filez", "train")
+    tasks = make_tasks("settings", "heldout", [1, 2, 3])
+    assert all(t.family.startswith("settings.") and t.split == "heldout" for t in tasks)
+    assert make_tasks("", "train", [5]) == [TaskRef("", 5, "train")]
