@@ -287,7 +287,7 @@ class Trainer:
         tokens). Mixed into behaviour cloning they teach the small policy to copy spans it has never
         seen (file names, subjects, held-out values) instead of recalling frequent training values."""
         rng = np.random.default_rng([self.cfg.seed, 21])
-        specials = self.tok.special_ids()
+        specials = self.tok.special_ids
         ordinary = np.array([i for i in range(self.tok.vocab_size) if i not in specials])
         out = []
         for _ in range(n):
