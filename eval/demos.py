@@ -1,0 +1,192 @@
+"""Few-shot demonstration selectors: ``random``, ``dense`` (MiniLM + sharded MIPS) and ``pistis``.
+
+``make_selector(kind, pool, queries, ...)`` returns an object with ``select(query_index, k) -> list[int]``
+(indices into ``pool``, in prompt order). A pool item with the query's id or question text is never
+chosen, so the evaluation set can be its own demonstration pool (leave-one-out).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+from jax.sharding import Mesh
+
+from eval.mcq_data import LETTERS, MCQItem
+
+DEMO_KINDS: tuple[str, ...] = ("random", "dense", "pistis")
+
+
+class DemoSelector(Protocol):
+    def select(self, query_index: int, k: int) -> list[int]: ...
+
+
+def item_text(item: MCQItem) -> str:
+    """The text a retriever sees for a question: the question and its options."""
+    return item.question + "\n" + "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(item.options))
+
+
+class _Base:
+    def __init__(self, pool: Sequence[MCQItem], queries: Sequence[MCQItem]):
+        if not pool:
+            raise ValueError("the demonstration pool is empty")
+        self.pool = list(pool)
+        self.queries = list(queries)
+        by_id: dict[str, list[int]] = {}
+        by_text: dict[str, list[int]] = {}
+        for i, it in enumerate(self.pool):
+            by_id.setdefault(it.id, []).append(i)
+            by_text.setdefault(it.question, []).append(i)
+        self._by_id, self._by_text = by_id, by_text
+
+    def excluded(self, query_index: int) -> set[int]:
+        q = self.queries[query_index]
+        return set(self._by_id.get(q.id, ())) | set(self._by_text.get(q.question, ()))
+
+    def _check_k(self, query_index: int, k: int) -> set[int]:
+        excl = self.excluded(query_index)
+        if k > len(self.pool) - len(excl):
+            raise ValueError(f"asked for {k} demonstrations but the pool has only {len(self.pool) - len(excl)} usable")
+        return excl
+
+
+class RandomSelector(_Base):
+    """Uniformly random demonstrations, deterministic per (seed, query index)."""
+
+    def __init__(self, pool: Sequence[MCQItem], queries: Sequence[MCQItem], seed: int = 0):
+        super().__init__(pool, queries)
+        self.seed = seed
+
+    def select(self, query_index: int, k: int) -> list[int]:
+        if k <= 0:
+            return []
+        excl = self._check_k(query_index, k)
+        rng = np.random.default_rng([self.seed, query_index])
+        eligible = np.array([i for i in range(len(self.pool)) if i not in excl])
+        return [int(i) for i in rng.choice(eligible, size=k, replace=False)]
+
+
+class DenseSelector(_Base):
+    """Nearest pool questions by MiniLM cosine similarity (sharded MIPS); the most similar goes last,
+    right before the question."""
+
+    def __init__(
+        self,
+        pool: Sequence[MCQItem],
+        queries: Sequence[MCQItem],
+        mesh: Mesh | None = None,
+        encoder: Any = None,
+        progress: bool = False,
+    ):
+        super().__init__(pool, queries)
+        from ranking.matching import DenseIndex
+
+        if encoder is None:
+            from jaxrl_desktop.encoder import SentenceEncoder
+
+            encoder = SentenceEncoder.from_pretrained(mesh=mesh)
+        pool_emb = encoder.encode([item_text(it) for it in self.pool], progress=progress, desc="embed pool")
+        self._query_emb = encoder.encode([item_text(it) for it in self.queries], progress=progress,
+                                         desc="embed queries")
+        self.index = DenseIndex(pool_emb, mesh=mesh)
+        self._cache: dict[int, list[int]] = {}
+
+    def select(self, query_index: int, k: int) -> list[int]:
+        if k <= 0:
+            return []
+        excl = self._check_k(query_index, k)
+        res = self.index.search(self._query_emb[query_index : query_index + 1], k + len(excl), exact=True)
+        picked = [int(i) for i in res.indices[0] if int(i) not in excl][:k]
+        return picked[::-1]
+
+    def select_all(self, k: int) -> list[list[int]]:
+        """All queries at once (one batched search)."""
+        if k <= 0:
+            return [[] for _ in self.queries]
+        extra = max((len(self.excluded(q)) for q in range(len(self.queries))), default=0)
+        for q in range(len(self.queries)):
+            self._check_k(q, k)
+        res = self.index.search(self._query_emb, min(k + extra, len(self.pool)), exact=True)
+        out = []
+        for q, row in enumerate(res.indices):
+            excl = self.excluded(q)
+            out.append([int(i) for i in row if int(i) not in excl][:k][::-1])
+        return out
+
+
+class PistisSelector(_Base):
+    """Demonstrations chosen and ordered by the Pistis-RAG cascade (``ranking.cascade.PistisCascade``)."""
+
+    def __init__(
+        self,
+        pool: Sequence[MCQItem],
+        queries: Sequence[MCQItem],
+        mesh: Mesh | None = None,
+        ranker_dir: str | None = None,
+    ):
+        super().__init__(pool, queries)
+        cascade_cls = load_pistis_cascade()
+        self.cascade = cascade_cls([item_text(it) for it in self.pool], ranker_dir=ranker_dir, mesh=mesh)
+
+    def select(self, query_index: int, k: int) -> list[int]:
+        if k <= 0:
+            return []
+        excl = self._check_k(query_index, k)
+        picked = self.cascade.select(item_text(self.queries[query_index]), k + len(excl))
+        return self._usable(picked, excl, k)
+
+    @staticmethod
+    def _usable(picked: Sequence[int], excl: set[int], k: int) -> list[int]:
+        out = [int(i) for i in picked if int(i) not in excl][:k]
+        if len(out) < k:
+            raise RuntimeError(f"PistisCascade returned {len(out)} usable demonstrations, {k} needed")
+        return out
+
+    def select_all(self, k: int) -> list[list[int]]:
+        """All queries in one batched ``PistisCascade.rank`` call when the cascade has it."""
+        if k <= 0:
+            return [[] for _ in self.queries]
+        rank = getattr(self.cascade, "rank", None)
+        if rank is None:
+            return [self.select(q, k) for q in range(len(self.queries))]
+        excls = [self._check_k(q, k) for q in range(len(self.queries))]
+        extra = max((len(e) for e in excls), default=0)
+        ranked = rank([item_text(it) for it in self.queries], k + extra)
+        return [self._usable(p, e, k) for p, e in zip(ranked, excls, strict=True)]
+
+
+def load_pistis_cascade() -> type:
+    """``ranking.cascade.PistisCascade``, or a clear error if that module is not there yet."""
+    if importlib.util.find_spec("ranking.cascade") is None:
+        raise RuntimeError(
+            "--demos pistis needs ranking/cascade.py (PistisCascade), which is not in this checkout yet; "
+            "use --demos random or --demos dense"
+        )
+    module = importlib.import_module("ranking.cascade")
+    if not hasattr(module, "PistisCascade"):
+        raise RuntimeError("ranking.cascade has no PistisCascade class; use --demos random or --demos dense")
+    return module.PistisCascade
+
+
+def make_selector(
+    kind: str,
+    pool: Sequence[MCQItem],
+    queries: Sequence[MCQItem],
+    *,
+    seed: int = 0,
+    mesh: Mesh | None = None,
+    encoder: Any = None,
+    ranker_dir: str | None = None,
+    progress: bool = False,
+) -> DemoSelector:
+    """A selector of kind ``random``, ``dense`` or ``pistis`` over ``pool`` for ``queries``."""
+    if kind == "random":
+        return RandomSelector(pool, queries, seed)
+    if kind == "dense":
+        return DenseSelector(pool, queries, mesh=mesh, encoder=encoder, progress=progress)
+    if kind == "pistis":
+        return PistisSelector(pool, queries, mesh=mesh, ranker_dir=ranker_dir)
+    raise ValueError(f"unknown demonstration selector {kind!r}; choose one of {DEMO_KINDS}")
