@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,16 +25,11 @@ class LoadedModel:
 
 
 def load_policy_checkpoint(ckpt_dir: str | Path, mesh: Mesh | None = None) -> LoadedModel:
-    """Load a policy checkpoint written by the learner (orbax, ``jaxrl_desktop/checkpoint.py``)."""
-    if importlib.util.find_spec("jaxrl_desktop.checkpoint") is None:
-        raise NotImplementedError(
-            f"load_policy_checkpoint({ckpt_dir}): jaxrl_desktop/checkpoint.py (the learner's orbax checkpoints) does not "
-            "exist yet; use --model hf:<dir> or --model config:<preset>"
-        )
-    raise NotImplementedError(
-        f"load_policy_checkpoint({ckpt_dir}): loading learner checkpoints into the evaluator is not wired "
-        "yet; use --model hf:<dir> or --model config:<preset>"
-    )
+    """The newest good checkpoint of a learner run (``python -m jaxrl_desktop.train`` workdir)."""
+    from jaxrl_desktop.policy_io import load_trained_policy
+
+    tp = load_trained_policy(ckpt_dir, mesh)
+    return LoadedModel(tp.model(), tp.tokenizer, True, f"ckpt:{ckpt_dir} (step {tp.step}, {tp.phase})")
 
 
 def load_model(
