@@ -4,6 +4,10 @@ Workers serialize each ``Result`` themselves; this service only splices the byte
 ``Response`` messages (a repeated field is its entries back to back), so the server's per-step
 work is routing, not protobuf building. Results are written as soon as they arrive, bundled up
 to the message-size budget.
+
+Robustness: an undecodable request is answered with a request-level error (the stream goes on);
+envs die with the stream that created them; envs created by the unary ``Batch`` RPC hold a lease
+(``unary_lease_s``) renewed by every item that names them, and are closed when it runs out.
 """
 
 from __future__ import annotations
@@ -33,6 +37,21 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
+class BadRequest:
+    """What the deserializer returns for bytes that are not a ``desktop.v1.Request``."""
+
+    def __init__(self, error: Exception, size: int):
+        self.message = (f"the request ({size} bytes) is not a valid desktop.v1.Request: "
+                        f"{type(error).__name__}: {error}")
+
+
+def parse_request(data: bytes) -> pb.Request | BadRequest:
+    try:
+        return pb.Request.FromString(data)
+    except Exception as err:  # DecodeError and friends
+        return BadRequest(err, len(data))
+
+
 class _Results:
     """Collects serialized results for one stream (or one unary call)."""
 
@@ -60,8 +79,10 @@ class _Results:
         if self.on_progress is not None:
             self.on_progress()
 
-    def add_error(self, meta: tuple[int, int], kind: int, env_id: int, code: int, message: str) -> None:
-        self.framed.append(framed_result(result_bytes(meta, kind, env_id, 0, 0, code, message)))
+    def add_error(self, meta: tuple[int, int], kind: int, env_id: int, code: int, message: str,
+                  request_error: bool = False) -> None:
+        self.framed.append(framed_result(result_bytes(meta, kind, env_id, 0, 0, code, message,
+                                                      request_error=request_error)))
         self.changed.set()
 
     def take(self) -> bytes:
@@ -80,16 +101,54 @@ class BatchedService:
     """The servicer; ``handler()`` returns its generic RPC handler (bytes-level responses)."""
 
     def __init__(self, pool: WorkerPool, *, backend: str, max_message_bytes: int,
-                 step_timeout_s: float = 60.0, max_inflight: int = 65536, version: str = ""):
+                 step_timeout_s: float = 60.0, max_inflight: int = 65536, version: str = "",
+                 unary_lease_s: float = 600.0, max_batch_items: int = 65536):
         self.pool = pool
         self.backend = backend
         self.budget = max_message_bytes - 1024
         self.step_timeout_s = step_timeout_s
         self.max_inflight = max_inflight
         self.version = version
+        self.unary_lease_s = unary_lease_s
+        self.max_batch_items = max_batch_items
         self.action_schema = ""
         self.draining = False
+        self.reaped = 0  # envs closed because their unary lease ran out
         self._sessions: set[_Results] = set()
+        self._leases: dict[int, float] = {}  # env id -> lease end (envs created by unary Batch)
+        self._reaper: asyncio.Task | None = None
+
+    def start_reaper(self) -> None:
+        """Start closing unary envs whose lease ran out (call on the server's event loop)."""
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap(), name="unary-lease-reaper")
+
+    def stop_reaper(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+
+    async def _reap(self) -> None:
+        period = min(max(self.unary_lease_s / 4, 0.05), 5.0)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            expired = [e for e, end in self._leases.items() if end <= now]
+            for env_id in expired:
+                del self._leases[env_id]
+            expired = [e for e in expired if e in self.pool.env_worker]
+            if expired:
+                log.info("closing %d envs of unary clients idle for over %gs", len(expired),
+                         self.unary_lease_s)
+                self.reaped += len(expired)
+                self.pool.submit([(Op.CLOSE, e, None, (0, 0)) for e in expired], _ignore)
+
+    def _renew(self, env_ids) -> None:
+        leases = self._leases
+        end = time.monotonic() + self.unary_lease_s
+        for env_id in env_ids:
+            if env_id in leases:
+                leases[env_id] = end
 
     @property
     def active_streams(self) -> int:
@@ -104,13 +163,13 @@ class BatchedService:
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE, {
             "Stream": grpc.stream_stream_rpc_method_handler(
-                self.stream, request_deserializer=pb.Request.FromString,
+                self.stream, request_deserializer=parse_request,
                 response_serializer=_identity),
             "Batch": grpc.unary_unary_rpc_method_handler(
-                self.batch, request_deserializer=pb.Request.FromString,
+                self.batch, request_deserializer=parse_request,
                 response_serializer=_identity),
             "Info": grpc.unary_unary_rpc_method_handler(
-                self.info, request_deserializer=pb.InfoRequest.FromString,
+                self.info, request_deserializer=_parse_info,
                 response_serializer=pb.ServerInfo.SerializeToString),
         })
 
@@ -118,27 +177,36 @@ class BatchedService:
     def _deadline(self, request: pb.Request, context: grpc.aio.ServicerContext) -> float:
         timeout = request.timeout_ms / 1000 if request.timeout_ms else self.step_timeout_s
         remaining = context.time_remaining()
-        if remaining is not None:
-            timeout = min(timeout, remaining)
+        if remaining is not None:  # leave the answer time to get back before the call deadline
+            timeout = min(timeout, remaining - min(0.1, remaining * 0.2))
         return time.monotonic() + timeout
 
-    def _submit(self, request: pb.Request, results: _Results, context,
+    def _submit(self, request: pb.Request | BadRequest, results: _Results, context,
                 owned: set[int] | None) -> None:
+        if isinstance(request, BadRequest):
+            results.add_error((0, 0), pb.KIND_UNSPECIFIED, 0, pb.INVALID_ARGUMENT, request.message,
+                              request_error=True)
+            return
         rid = request.request_id
         which = request.WhichOneof("op")
         if which is None:
             results.add_error((rid, 0), pb.KIND_UNSPECIFIED, 0, pb.INVALID_ARGUMENT,
-                              "request has no operation (create/reset/step/close)")
+                              "request has no operation (create/reset/step/close)", True)
             return
         op = _OPS[which]
         if request.screenshot not in (pb.SCREENSHOT_NONE, pb.SCREENSHOT_RAW, pb.SCREENSHOT_PNG):
             results.add_error((rid, 0), _KIND[op], 0, pb.INVALID_ARGUMENT,
-                              f"unknown screenshot mode {request.screenshot}")
+                              f"unknown screenshot mode {request.screenshot} (use SCREENSHOT_NONE=0, "
+                              "SCREENSHOT_RAW=1 or SCREENSHOT_PNG=2)", True)
+            return
+        n = _count(request, op)
+        if n > self.max_batch_items:
+            results.add_error((rid, 0), _KIND[op], 0, pb.INVALID_ARGUMENT,
+                              f"{which} request has {n} items; at most {self.max_batch_items} are "
+                              "allowed per request (split it)", True)
             return
         if self.draining:
-            n = request.create.count if op == Op.CREATE else 1
-            for i in range(max(1, n)):
-                results.add_error((rid, i), _KIND[op], 0, pb.UNAVAILABLE, "server is shutting down")
+            results.add_error((rid, 0), _KIND[op], 0, pb.UNAVAILABLE, "server is shutting down", True)
             return
         items: list[Item]
         if op == Op.STEP:
@@ -165,6 +233,15 @@ class BatchedService:
                     results.add_error((rid, i), pb.CREATE, 0, code, why)
             if owned is not None:
                 owned.update(ids)
+            else:
+                end = time.monotonic() + self.unary_lease_s
+                self._leases.update((e, end) for e in ids)
+        if self._leases and op != Op.CREATE:
+            if op == Op.CLOSE:
+                for env_id in request.close.env_ids:
+                    self._leases.pop(env_id, None)
+            else:
+                self._renew(item[1] for item in items)
         results.inflight += len(items)
         self.pool.submit(items, results.sink, shot=request.screenshot, fmt=Fmt.PROTO,
                          deadline=self._deadline(request, context))
@@ -210,9 +287,12 @@ class BatchedService:
             self._sessions.discard(results)
             reader.cancel()
             if owned:  # envs created on this stream die with it
-                self.pool.submit([(Op.CLOSE, e, None, (0, 0)) for e in owned], lambda _p: None)
+                self.pool.submit([(Op.CLOSE, e, None, (0, 0)) for e in owned], _ignore)
 
-    async def batch(self, request: pb.Request, context: grpc.aio.ServicerContext) -> bytes:
+    async def batch(self, request: pb.Request | BadRequest,
+                    context: grpc.aio.ServicerContext) -> bytes:
+        if isinstance(request, BadRequest):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         results = _Results(self.budget)
         self._submit(request, results, context, None)
         while results.inflight > 0:
@@ -225,9 +305,34 @@ class BatchedService:
                                 "use smaller batches, PNG screenshots or the Stream RPC")
         return data
 
-    async def info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
+    async def info(self, request, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
+        if isinstance(request, BadRequest):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                request.message.replace("desktop.v1.Request", "desktop.v1.InfoRequest"))
         h, w = self.pool.screen_shape or (0, 0)
         return pb.ServerInfo(backend=self.backend, workers=len(self.pool.workers),
                              envs=self.pool.num_envs, max_envs=self.pool.config.max_envs,
                              screen_height=h, screen_width=w, action_schema=self.action_schema,
-                             version=self.version)
+                             version=self.version, live_workers=self.pool.live_workers,
+                             worker_restarts=self.pool.restarts, envs_reaped=self.reaped)
+
+
+def _ignore(pairs) -> None:
+    del pairs
+
+
+def _parse_info(data: bytes) -> pb.InfoRequest | BadRequest:
+    try:
+        return pb.InfoRequest.FromString(data)
+    except Exception as err:
+        return BadRequest(err, len(data))
+
+
+def _count(request: pb.Request, op: int) -> int:
+    if op == Op.CREATE:
+        return request.create.count
+    if op == Op.STEP:
+        return len(request.step.items)
+    if op == Op.RESET:
+        return len(request.reset.items)
+    return len(request.close.env_ids)

@@ -4,6 +4,11 @@ Blocking calls (``create`` / ``reset`` / ``step`` / ``close``) return results in
 env ids given. ``send`` / ``send_reset`` return at once and ``recv`` hands back results as envs
 finish, in completion order. A bad item comes back as a ``StepResult`` with a non-OK ``code``;
 a broken stream (auth, oversized message, server gone) raises ``grpc.RpcError`` from every call.
+An episode the server had to end (lost worker, cancelled hung step) comes back with
+``truncated`` set (``done`` too) and a non-OK code saying why; reset the env to go on.
+
+This client does not reconnect: :class:`env_server.fleet.FleetClient` (one address or many) adds
+reconnection with :class:`Backoff`, env recreation and failover on top of it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 
@@ -49,10 +54,16 @@ class StepResult:
     observation: Observation | None
     request_id: int
     index: int
+    request_error: bool = False  # the whole request was rejected (this result stands for all items)
 
     @property
     def ok(self) -> bool:
         return self.code == grpc.StatusCode.OK
+
+    @property
+    def truncated(self) -> bool:
+        """The episode ended without the task ending (step limit, or the server had to cut it)."""
+        return bool(self.observation and self.observation.truncated)
 
     @property
     def reward(self) -> float:
@@ -71,6 +82,29 @@ class EnvError(RuntimeError):
         first = self.results[0]
         more = f" (and {len(self.results) - 1} more)" if len(self.results) > 1 else ""
         super().__init__(f"{first.kind} of env {first.env_id}: {first.code.name}: {first.message}{more}")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Reconnection schedule: ``attempts`` tries, waiting ``initial_s * multiplier**k`` (capped at
+    ``max_s``) after failed try ``k``; each try waits up to ``connect_timeout_s`` for the channel."""
+
+    attempts: int = 6
+    initial_s: float = 0.2
+    multiplier: float = 2.0
+    max_s: float = 5.0
+    connect_timeout_s: float = 2.0
+
+    def __post_init__(self):
+        if self.attempts < 0 or self.initial_s < 0 or self.multiplier < 1 or self.connect_timeout_s <= 0:
+            raise ValueError(f"invalid Backoff {self}: need attempts >= 0, initial_s >= 0, "
+                             "multiplier >= 1, connect_timeout_s > 0")
+
+    def delays(self) -> Iterator[float]:
+        delay = self.initial_s
+        for _ in range(self.attempts):
+            yield min(delay, self.max_s)
+            delay *= self.multiplier
 
 
 def check(results: Sequence[StepResult]) -> list[StepResult]:
@@ -113,29 +147,52 @@ def result_from_proto(r: pb.Result) -> StepResult:
     obs = observation_from_proto(r.observation, r.step_index) if r.HasField("observation") else None
     return StepResult(r.env_id, r.episode_id, r.step_index, _KINDS.get(r.kind, "unspecified"),
                       _CODES.get(r.status.code, grpc.StatusCode.UNKNOWN), r.status.message, obs,
-                      r.request_id, r.index)
+                      r.request_id, r.index, r.request_error)
 
 
 class PendingBatch:
-    """The future results of one request; filled by the client's reader thread."""
+    """The future results of one request; filled by the client's reader thread.
 
-    def __init__(self, request_id: int, size: int, timeout: float | None):
+    Every request is tracked until all its results arrived, also those sent with ``collect=False``
+    (whose results go to ``recv`` / the sink), so a broken stream can name what is outstanding.
+    """
+
+    def __init__(self, request_id: int, kind: str, env_ids: Sequence[int], timeout: float | None,
+                 collect: bool = True):
         self.request_id = request_id
-        self.size = size
+        self.kind = kind
+        self.env_ids = list(env_ids)  # 0 for create items
+        self.size = len(self.env_ids)
         self.timeout = timeout
-        self._results: list[StepResult | None] = [None] * size
+        self.collect = collect
+        self._results: list[StepResult | None] = [None] * self.size
         self._count = 0
         self._error: BaseException | None = None
         self._event = threading.Event()
-        if size == 0:
+        if self.size == 0:
             self._event.set()
 
-    def _add(self, result: StepResult) -> None:
+    def _add(self, result: StepResult) -> bool:
         if 0 <= result.index < self.size and self._results[result.index] is None:
             self._results[result.index] = result
             self._count += 1
             if self._count == self.size:
                 self._event.set()
+            return True
+        return False
+
+    def _fill(self, result: StepResult) -> list[StepResult]:
+        """Answer every missing item with ``result`` (a request-level error)."""
+        added = []
+        for i, env_id in self.missing():
+            r = replace(result, index=i, env_id=env_id)
+            self._add(r)
+            added.append(r)
+        return added
+
+    def missing(self) -> list[tuple[int, int]]:
+        """(index, env id) of the items without a result yet."""
+        return [(i, self.env_ids[i]) for i, r in enumerate(self._results) if r is None]
 
     def _fail(self, error: BaseException) -> None:
         self._error = error
@@ -163,9 +220,14 @@ class BatchedClient:
                  root_cert: str | bytes | None = None, tls: bool = False,
                  server_name: str | None = None, max_message_bytes: int = 256 * MiB,
                  timeout: float | None = 60.0, connect_timeout: float | None = 30.0,
-                 sink: Callable[[list[StepResult]], None] | None = None):
+                 sink: Callable[[list[StepResult]], None] | None = None,
+                 on_error: Callable[[grpc.RpcError, list[PendingBatch]], None] | None = None):
+        """``sink`` receives results of uncollected requests (instead of :meth:`recv`);
+        ``on_error(error, outstanding)`` runs on the reader thread when the stream breaks, before
+        the outstanding collected requests fail with ``error``."""
         self.address = address
         self.timeout = timeout
+        self._on_error = on_error
         self._metadata = client_metadata(token)
         self._channel = make_channel(address, root_cert=root_cert, tls=tls, server_name=server_name,
                                      max_message_bytes=max_message_bytes)
@@ -204,9 +266,18 @@ class BatchedClient:
         with self._cond:
             self._error = error or _StreamClosed()
             pending, self._pending = self._pending, {}
+        if self._on_error is not None:
+            try:
+                self._on_error(self._error, list(pending.values()))
+            except Exception:  # the hook must not kill the reader silently
+                import logging
+
+                logging.getLogger(__name__).exception("on_error hook failed")
+        with self._cond:
             self._cond.notify_all()
         for batch in pending.values():
-            batch._fail(self._error)
+            if batch.collect and not batch.done():
+                batch._fail(self._error)
 
     def _deliver(self, results: list[StepResult]) -> None:
         loose = []
@@ -216,7 +287,12 @@ class BatchedClient:
                 if batch is None:
                     loose.append(r)
                     continue
-                batch._add(r)
+                if r.request_error:
+                    added = batch._fill(r)
+                    if not batch.collect:
+                        loose.extend(added)
+                elif batch._add(r) and not batch.collect:
+                    loose.append(r)
                 if batch.done():
                     del self._pending[r.request_id]
             if loose and self._sink is None:
@@ -225,24 +301,31 @@ class BatchedClient:
         if loose and self._sink is not None:
             self._sink(loose)
 
-    def _send(self, request: pb.Request, size: int, timeout: float | None,
+    def _send(self, request: pb.Request, kind: str, env_ids: Sequence[int], timeout: float | None,
               collect: bool) -> PendingBatch:
         timeout = self.timeout if timeout is None else timeout
         request.request_id = next(self._ids)
         if timeout:
             request.timeout_ms = max(1, int(timeout * 1000))
-        batch = PendingBatch(request.request_id, size, timeout)
+        batch = PendingBatch(request.request_id, kind, env_ids, timeout, collect)
         with self._cond:
             if self._error is not None:
                 raise self._error
-            if collect and size:
+            if batch.size:
                 self._pending[request.request_id] = batch
         self._requests.put(request)
         return batch
 
+    @property
+    def broken(self) -> grpc.RpcError | None:
+        """The error that ended the stream (None while it is up)."""
+        return self._error
+
     # ------------------------------------------------------------------ async API
-    def create_async(self, n: int, timeout: float | None = None) -> PendingBatch:
-        return self._send(pb.Request(create=pb.CreateRequest(count=n)), n, timeout, True)
+    def create_async(self, n: int, timeout: float | None = None,
+                     collect: bool = True) -> PendingBatch:
+        return self._send(pb.Request(create=pb.CreateRequest(count=n)), "create", [0] * n, timeout,
+                          collect)
 
     def reset_async(self, env_ids: Sequence[int], tasks: Sequence[TaskLike], *,
                     screenshot: str = "none", timeout: float | None = None,
@@ -254,8 +337,8 @@ class BatchedClient:
             t = as_task(task)
             items.append(pb.ResetItem(env_id=env_id,
                                       task=pb.TaskRef(family=t.family, seed=t.seed, split=t.split)))
-        req = pb.Request(screenshot=SCREENSHOT_MODES[screenshot], reset=pb.ResetRequest(items=items))
-        return self._send(req, len(items), timeout, collect)
+        req = pb.Request(screenshot=_mode(screenshot), reset=pb.ResetRequest(items=items))
+        return self._send(req, "reset", env_ids, timeout, collect)
 
     def step_async(self, env_ids: Sequence[int], actions: Sequence[str], *,
                    screenshot: str = "none", timeout: float | None = None,
@@ -263,12 +346,13 @@ class BatchedClient:
         if len(env_ids) != len(actions):
             raise ValueError(f"{len(env_ids)} env ids but {len(actions)} actions")
         items = [pb.StepItem(env_id=e, action=a) for e, a in zip(env_ids, actions, strict=True)]
-        req = pb.Request(screenshot=SCREENSHOT_MODES[screenshot], step=pb.StepRequest(items=items))
-        return self._send(req, len(items), timeout, collect)
+        req = pb.Request(screenshot=_mode(screenshot), step=pb.StepRequest(items=items))
+        return self._send(req, "step", env_ids, timeout, collect)
 
-    def close_async(self, env_ids: Sequence[int], timeout: float | None = None) -> PendingBatch:
+    def close_async(self, env_ids: Sequence[int], timeout: float | None = None,
+                    collect: bool = True) -> PendingBatch:
         req = pb.Request(close=pb.CloseRequest(env_ids=list(env_ids)))
-        return self._send(req, len(env_ids), timeout, True)
+        return self._send(req, "close", env_ids, timeout, collect)
 
     def send(self, env_ids: Sequence[int], actions: Sequence[str], *, screenshot: str = "none",
              timeout: float | None = None) -> int:
@@ -339,6 +423,14 @@ class BatchedClient:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+def _mode(screenshot: str) -> int:
+    try:
+        return SCREENSHOT_MODES[screenshot]
+    except KeyError:
+        raise ValueError(f"unknown screenshot mode {screenshot!r}; use one of "
+                         f"{sorted(SCREENSHOT_MODES)}") from None
 
 
 class _StreamClosed(grpc.RpcError):

@@ -127,6 +127,8 @@ class DmEnvRpcService(rpc_grpc.EnvironmentServicer):
     async def _call(self, context, op: int, env_id: int, arg=None, shot: int = Shot.NONE) -> Reply:
         reply = await self.pool.call(op, env_id, arg, shot=shot, fmt=Fmt.TUPLE,
                                      timeout=self._timeout(context))
+        if reply.code == _ABORTED and isinstance(reply.payload, WireObs):
+            return reply  # the server truncated the episode (worker lost): an INTERRUPTED step
         if reply.code != 0:
             raise RpcError(_CODES.get(reply.code, grpc.StatusCode.INTERNAL), reply.message)
         return reply
@@ -239,7 +241,8 @@ class DmEnvRpcService(rpc_grpc.EnvironmentServicer):
         elif obs.truncated:
             state = INTERRUPTED
         world.running = state == RUNNING
-        return rpc.StepResponse(state=state, observations=_observations(obs, state, requested))
+        return rpc.StepResponse(state=state, observations=_observations(obs, state, requested,
+                                                                          world.screen_shape))
 
 
 def _action_text(tensor: rpc.Tensor) -> str:
@@ -253,7 +256,8 @@ def _action_text(tensor: rpc.Tensor) -> str:
     return tensor.strings.array[0]
 
 
-def _observations(obs: WireObs, state: int, requested: set[int]) -> dict[int, rpc.Tensor]:
+def _observations(obs: WireObs, state: int, requested: set[int],
+                  screen_shape: tuple[int, int] | None = None) -> dict[int, rpc.Tensor]:
     values = {
         "instruction": obs.instruction,
         "a11y": obs.a11y,
@@ -267,7 +271,10 @@ def _observations(obs: WireObs, state: int, requested: set[int]) -> dict[int, rp
         if uid not in requested:
             continue
         if name == "screenshot":
-            out[uid] = tensor_utils.pack_tensor(unpack_screenshot(obs.screenshot))
+            image = unpack_screenshot(obs.screenshot)
+            if image is None:  # a truncated episode has no screen: a black frame of the spec's shape
+                image = np.zeros((*(screen_shape or (1, 1)), 3), np.uint8)
+            out[uid] = tensor_utils.pack_tensor(image)
         else:
             out[uid] = tensor_utils.pack_tensor(values[name])
     return out
@@ -281,4 +288,5 @@ class _Session:
 
 
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
+_ABORTED = grpc.StatusCode.ABORTED.value[0]
 

@@ -34,20 +34,36 @@ flags.DEFINE_string("token_file", None, "File whose first line is the token.")
 flags.DEFINE_string("tls_cert", None, "PEM certificate chain for TLS.")
 flags.DEFINE_string("tls_key", None, "PEM private key for TLS.")
 flags.DEFINE_integer("max_message_mb", 64, "Max gRPC message size (both directions), MiB.")
-flags.DEFINE_float("step_timeout_s", 60.0, "Default per-item deadline when a request sets none.")
+flags.DEFINE_float("step_timeout_s", 60.0, "Default per-item deadline when a request sets none; "
+                   "a backend call running past its item's deadline is cancelled.")
+flags.DEFINE_float("hung_worker_s", 5.0, "Kill and restart a worker whose current item is this many "
+                   "seconds past its deadline (a hang the worker could not cancel itself).")
+flags.DEFINE_float("unary_lease_s", 600.0, "Close envs created by the unary Batch RPC after this many "
+                   "seconds without an item naming them.")
+flags.DEFINE_integer("max_batch_items", 65536, "Most items (or create count) in one request.")
+flags.DEFINE_bool("restart_workers", True, "Restart dead workers and recreate their envs "
+                  "(their running episodes are truncated).")
 flags.DEFINE_float("grace_s", 10.0, "Shutdown grace period for in-flight calls, seconds.")
 flags.DEFINE_float("keepalive_s", 30.0, "Keepalive ping interval, seconds.")
 flags.DEFINE_float("worker_flush_ms", 2.0, "Workers send finished results at least this often.")
 
 
 def config_from_flags() -> ServerConfig:
+    try:
+        backend_kwargs = json.loads(FLAGS.backend_kwargs)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--backend_kwargs is not valid JSON: {err}") from None
+    if not isinstance(backend_kwargs, dict):
+        raise ValueError("--backend_kwargs must be a JSON object, e.g. '{\"max_steps\": 30}'")
     return ServerConfig(
         host=FLAGS.host, port=FLAGS.port, backend=FLAGS.backend,
-        backend_kwargs=json.loads(FLAGS.backend_kwargs), backend_modules=tuple(FLAGS.backend_module),
+        backend_kwargs=backend_kwargs, backend_modules=tuple(FLAGS.backend_module),
         workers=FLAGS.workers, start_method=FLAGS.start_method, max_envs=FLAGS.max_envs,
         token=load_token(FLAGS.token, FLAGS.token_file), tls_cert=FLAGS.tls_cert,
         tls_key=FLAGS.tls_key, max_message_bytes=FLAGS.max_message_mb * MiB,
-        step_timeout_s=FLAGS.step_timeout_s, grace_s=FLAGS.grace_s, keepalive_time_s=FLAGS.keepalive_s,
+        step_timeout_s=FLAGS.step_timeout_s, hung_worker_s=FLAGS.hung_worker_s,
+        unary_lease_s=FLAGS.unary_lease_s, max_batch_items=FLAGS.max_batch_items,
+        restart_workers=FLAGS.restart_workers, grace_s=FLAGS.grace_s, keepalive_time_s=FLAGS.keepalive_s,
         worker_flush_s=FLAGS.worker_flush_ms / 1000)
 
 
@@ -79,7 +95,7 @@ def main(argv: list[str]) -> None:
     try:
         config = config_from_flags()
         asyncio.run(serve(config, FLAGS.port_file))
-    except InsecureBindError as err:
+    except (InsecureBindError, ValueError) as err:  # bad flags: say which, no traceback
         print(f"env_server: {err}", file=sys.stderr)
         sys.exit(2)
     except OSError as err:

@@ -43,11 +43,27 @@ class ServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     max_message_bytes: int = 64 * MiB
-    step_timeout_s: float = 60.0
+    step_timeout_s: float = 60.0  # deadline of an item whose request sets no timeout_ms
+    hung_worker_s: float = 5.0  # kill + restart a worker stuck this long past an item's deadline
+    unary_lease_s: float = 600.0  # envs made by unary Batch are closed after this long unused
+    max_batch_items: int = 65536  # most items (or create count) in one request
+    restart_workers: bool = True  # restart dead workers and recreate their envs
     grace_s: float = 10.0
     keepalive_time_s: float = 30.0
     keepalive_timeout_s: float = 10.0
     worker_flush_s: float = 0.002
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field with an impossible value."""
+        positive = ("step_timeout_s", "hung_worker_s", "unary_lease_s", "keepalive_time_s",
+                    "keepalive_timeout_s", "workers", "max_envs", "max_batch_items",
+                    "max_message_bytes")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ServerConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("grace_s", "worker_flush_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ServerConfig.{name} must be >= 0, got {getattr(self, name)!r}")
 
     def grpc_options(self) -> list[tuple[str, int]]:
         return [
@@ -66,6 +82,7 @@ class DesktopServer:
     """Owns the worker pool and the grpc.aio server. Use on one event loop."""
 
     def __init__(self, config: ServerConfig):
+        config.validate()
         check_bind(config.host, config.token)
         if bool(config.tls_cert) != bool(config.tls_key):
             raise ValueError("TLS needs both --tls_cert and --tls_key")
@@ -87,13 +104,17 @@ class DesktopServer:
         cfg = self.config
         spec = WorkerSpec(cfg.backend, dict(cfg.backend_kwargs), tuple(cfg.backend_modules),
                           cfg.worker_flush_s)
-        self.pool = WorkerPool(spec, PoolConfig(cfg.workers, cfg.start_method, cfg.max_envs))
+        self.pool = WorkerPool(spec, PoolConfig(
+            cfg.workers, cfg.start_method, cfg.max_envs, restart_workers=cfg.restart_workers,
+            item_timeout_s=cfg.step_timeout_s, hung_worker_s=cfg.hung_worker_s))
         await self.pool.start()
         interceptors = [TokenAuthInterceptor(cfg.token)] if cfg.token else []
         server = grpc.aio.server(interceptors=interceptors, options=cfg.grpc_options())
         self.batched = BatchedService(self.pool, backend=cfg.backend,
                                       max_message_bytes=cfg.max_message_bytes,
-                                      step_timeout_s=cfg.step_timeout_s, version=VERSION)
+                                      step_timeout_s=cfg.step_timeout_s, version=VERSION,
+                                      unary_lease_s=cfg.unary_lease_s,
+                                      max_batch_items=cfg.max_batch_items)
         self.batched.action_schema = _schema_text(cfg)
         server.add_generic_rpc_handlers((self.batched.handler(),))
         dm_env_rpc_pb2_grpc.add_EnvironmentServicer_to_server(
@@ -114,6 +135,7 @@ class DesktopServer:
             raise OSError(f"could not bind {bind} (address in use?)")
         await server.start()
         self._server = server
+        self.batched.start_reaper()
         for name in ("", BATCHED_SERVICE, DM_ENV_RPC_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s backend on %s with %d workers", cfg.backend, self.address, cfg.workers)
@@ -128,6 +150,7 @@ class DesktopServer:
         grace = self.config.grace_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
         if self.batched is not None:
+            self.batched.stop_reaper()
             self.batched.begin_drain()  # idle streams end with UNAVAILABLE, busy ones finish first
         if self._server is not None:
             await self._server.stop(grace)

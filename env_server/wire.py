@@ -52,6 +52,14 @@ def to_wire(obs: Observation, shot: int) -> WireObs:
                    pack_screenshot(obs.screenshot, shot))
 
 
+def truncated_wire(message: str, cause: str) -> WireObs:
+    """The observation of an episode the server had to end (``truncated``, no a11y, ``error`` says why).
+
+    ``cause`` goes to ``info["truncated_by"]``: ``worker_lost``, ``deadline``, ``server_lost``.
+    """
+    return WireObs("", "", 0.0, False, True, message, "", {"truncated_by": cause}, None)
+
+
 def observation_proto(obs: WireObs) -> pb.Observation:
     msg = pb.Observation(instruction=obs.instruction, a11y=obs.a11y, reward=obs.reward,
                          terminated=obs.terminated, truncated=obs.truncated, error=obs.error,
@@ -63,10 +71,11 @@ def observation_proto(obs: WireObs) -> pb.Observation:
 
 
 def result_bytes(meta: tuple[int, int], kind: int, env_id: int, episode_id: int, step_index: int,
-                 code: int = 0, message: str = "", obs: WireObs | None = None) -> bytes:
+                 code: int = 0, message: str = "", obs: WireObs | None = None,
+                 request_error: bool = False) -> bytes:
     """A serialized ``Result``."""
     msg = pb.Result(request_id=meta[0], index=meta[1], kind=kind, env_id=env_id,
-                    episode_id=episode_id, step_index=step_index)
+                    episode_id=episode_id, step_index=step_index, request_error=request_error)
     if code or message:
         msg.status.code = code
         msg.status.message = message

@@ -1,15 +1,19 @@
 """A tiny deterministic backend for server tests: a counter desktop whose a11y echoes actions.
 
 Actions: ``done()`` terminates with reward 1; ``fail()`` terminates with reward 0; ``hang(s)``
-sleeps ``s`` seconds (deadline tests); ``crash()`` kills the worker process; ``boom()`` raises;
-anything else counts as a step (``bad`` in the text gives an ``error``). Episodes are truncated
-after ``max_steps``. Register with ``import fake_backend`` or ``--backend_module <this file>``.
+sleeps ``s`` seconds (deadline tests: the worker can cancel it); ``stall(s)`` sleeps ``s`` seconds
+with SIGALRM blocked, like a hang inside C code the worker cannot interrupt (its watchdog must
+kill the worker); ``crash()`` kills the worker process; ``boom()`` raises; anything else counts
+as a step (``bad`` in the text gives an ``error``). Resetting family ``hang`` sleeps ``seed``
+milliseconds. Episodes are truncated after ``max_steps``. Register with ``import fake_backend``
+or ``--backend_module <this file>``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import time
 
 import numpy as np
@@ -21,6 +25,8 @@ from env_server.types import Observation, TaskRef
 PATH = os.path.abspath(__file__)
 SCREEN = (24, 32)
 _HANG = re.compile(r"hang\(\s*([0-9.]+)\s*\)")
+_STALL = re.compile(r"stall\(\s*([0-9.]+)\s*\)")
+KNOBS = ("hang(", "stall(", "crash()", "boom()")  # actions with side effects (fuzzers avoid them)
 
 
 class FakeBackend(Backend):
@@ -50,6 +56,8 @@ class FakeBackend(Backend):
     def reset(self, task: TaskRef, *, screenshot: bool = False) -> Observation:
         if task.family == "invalid":
             raise ValueError("unknown task family 'invalid'")
+        if task.family == "hang":
+            time.sleep(task.seed / 1000)
         self.task, self.steps, self.last = task, 0, ""
         return self._obs(screenshot)
 
@@ -58,6 +66,12 @@ class FakeBackend(Backend):
         self.last = action
         if m := _HANG.fullmatch(action.strip()):
             time.sleep(float(m.group(1)))
+        elif m := _STALL.fullmatch(action.strip()):
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+            try:
+                time.sleep(float(m.group(1)))
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
         elif action == "crash()":
             os._exit(3)
         elif action == "boom()":
