@@ -1,6 +1,7 @@
-"""Ranking-cascade benchmark: encoder throughput, sharded MIPS queries/s, approx-vs-exact recall@10.
+"""Ranking-cascade benchmark: encoder throughput, sharded MIPS queries/s, approx-vs-exact recall@10,
+ranker training step time.
 
-    python bench/ranking.py [--index_rows=100000 --queries=1024 --docs=512]
+    python bench/ranking.py [--index_rows=100000 --queries=1024 --docs=512 --ranker_batch=32]
 
 Runs on a simulated ``BENCH_CPU_DEVICES`` (default 8) device CPU mesh.
 """
@@ -35,6 +36,9 @@ flags.DEFINE_float("recall_target", 0.95, "approx_max_k recall target.")
 flags.DEFINE_integer("docs", 512, "Documents for the encoder throughput run.")
 flags.DEFINE_integer("batch_size", 64, "Encoder batch size.")
 flags.DEFINE_bool("skip_encoder", False, "Skip the encoder throughput run.")
+flags.DEFINE_integer("ranker_batch", 32, "Candidate lists per ranker train step.")
+flags.DEFINE_integer("ranker_items", 32, "Candidates per list for the ranker step.")
+flags.DEFINE_integer("ranker_steps", 30, "Timed ranker train steps.")
 FLAGS = flags.FLAGS
 
 _WORDS = [
@@ -97,9 +101,46 @@ def bench_search(
     return out
 
 
-def bench_ranker_step() -> dict[str, float] | None:
-    """Placeholder: ranker training step time (to be added with the ranker)."""
-    return None
+def _synthetic_lists(q: int, n: int, m: int, k: int, dim: int, seed: int = 0):
+    from ranking.listwise import ListwiseData
+
+    rng = np.random.default_rng(seed)
+    orders = np.stack([np.stack([rng.choice(n, k, replace=False) for _ in range(m)]) for _ in range(q)])
+    emb = rng.standard_normal((q, n, dim)).astype(np.float32)
+    return ListwiseData(
+        query_emb=rng.standard_normal((q, dim)).astype(np.float32), item_emb=emb,
+        dense=rng.random((q, n)).astype(np.float32), prerank=rng.random((q, n)).astype(np.float32),
+        where=np.ones((q, n), bool), orders=orders.astype(np.int32),
+        rewards=-rng.random((q, m)).astype(np.float32) * 5, list_mask=np.ones((q, m), bool),
+        source=np.zeros((q, m), np.int8), item_ids=np.tile(np.arange(n), (q, 1)),
+    )
+
+
+def bench_ranker_step(batch_lists: int, items: int, steps: int) -> dict[str, dict[str, float]]:
+    """Ranker train step (default model, ListMLE over 16 sampled 5-shot orderings per list) on the
+    full device mesh and on one device: compile seconds and steady-state ms/step."""
+    from ranking.ranker import RankerConfig
+    from ranking.train import RankerTrainer, default_model_config, default_train_config
+
+    data = _synthetic_lists(max(4 * batch_lists, 64), items, 16, 5, 384)
+    tcfg = default_train_config()
+    tcfg.batch_lists = batch_lists
+    rcfg = RankerConfig(embed_dim=384, **default_model_config())
+    out = {}
+    for name, devices in (("mesh", jax.devices()), ("1 device", jax.devices()[:1])):
+        mesh = make_mesh(data=1, fsdp=-1, tensor=1, devices=devices)
+        t = time.perf_counter()
+        trainer = RankerTrainer(rcfg, tcfg, mesh)
+        trainer.step(trainer.sample_batch(data, 0))
+        compile_s = time.perf_counter() - t
+        batches = [trainer.sample_batch(data, i) for i in range(1, steps + 1)]
+        t = time.perf_counter()
+        for b in batches:
+            metrics = trainer.step(b)
+        per_step = (time.perf_counter() - t) / steps
+        out[name] = {"devices": len(devices), "compile_s": compile_s, "ms_per_step": 1e3 * per_step,
+                     "lists_per_s": trainer.batch_lists / per_step, "loss": metrics["loss"]}
+    return out
 
 
 def main(argv) -> None:
@@ -118,10 +159,14 @@ def main(argv) -> None:
         f"recall@{FLAGS.k} approx vs exact {r[f'recall@{FLAGS.k}']:.4f}, "
         f"exact vs numpy {r[f'exact_vs_numpy_recall@{FLAGS.k}']:.4f}"
     )
-    # --- ranker training step (to be added) ---------------------------------------------------
-    r = bench_ranker_step()
-    if r is not None:
-        print(f"ranker step: {r}")
+    r = bench_ranker_step(FLAGS.ranker_batch, FLAGS.ranker_items, FLAGS.ranker_steps)
+    for name, v in r.items():
+        print(
+            f"ranker train step ({name}, {v['devices']} dev, {FLAGS.ranker_batch} lists x "
+            f"{FLAGS.ranker_items} items): {v['ms_per_step']:.1f} ms/step "
+            f"({v['lists_per_s']:.0f} lists/s), compile+first step {v['compile_s']:.1f}s"
+        )
+    print(f"ranker step time ratio mesh / 1 device: {r['mesh']['ms_per_step'] / r['1 device']['ms_per_step']:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,1 +1,1 @@
-"""Pistis-RAG ranking cascade: dense/sparse matching, pre-ranking and listwise losses."""
+"""Pistis-RAG ranking cascade: matching, pre-ranking, list-aware ranking, aggregation."""

@@ -4,6 +4,7 @@ Layout of an index folder::
 
     embeddings.zarr/   float32 [N, D], L2-normalised rows
     ids.json           the N document ids, in row order
+    texts.json         the N document texts (written by ``build_index``; not by ``save_index``)
     manifest.json      counts, dim, model, checksums; written last, so its absence = partial build
 
 CLI: ``python -m ranking.index --corpus corpus.jsonl --out DIR``.
@@ -27,6 +28,7 @@ VERSION = 1
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.zarr"
 IDS = "ids.json"
+TEXTS = "texts.json"
 
 
 class IndexCorruptError(RuntimeError):
@@ -34,10 +36,21 @@ class IndexCorruptError(RuntimeError):
 
 
 def read_corpus(path: str | Path) -> tuple[list[str], list[str]]:
-    """Read a JSONL corpus of ``{"id": ..., "text": ...}`` objects -> (ids, texts)."""
+    """Read a corpus -> (ids, texts).
+
+    ``.txt``: one document per non-empty line, id = its line number. Otherwise JSONL of
+    ``{"id": ..., "text": ...}`` objects.
+    """
     ids: list[str] = []
     texts: list[str] = []
     seen: set[str] = set()
+    if Path(path).suffix.lower() == ".txt":
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    ids.append(str(n))
+                    texts.append(line.rstrip("\r\n"))
+        return ids, texts
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -217,6 +230,11 @@ def build_index(
                 bar.update(sl.stop - sl.start)
     if bar is not None:
         bar.close()
+    # The texts, so a cascade can be built from the folder without the corpus (written before the
+    # manifest: a folder with a manifest is complete).
+    tmp = Path(out_dir) / (TEXTS + ".tmp")
+    tmp.write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, Path(out_dir) / TEXTS)
     meta = {
         "corpus": str(corpus),
         "model": "sentence-transformers/all-MiniLM-L6-v2",
@@ -252,7 +270,8 @@ def _define_flags() -> None:
     from absl import flags
 
     flags.DEFINE_string(
-        "corpus", None, "JSONL corpus with one {id, text} object per line.", required=True
+        "corpus", None, "JSONL corpus with one {id, text} object per line, or .txt with one document "
+        "per line.", required=True
     )
     flags.DEFINE_string("out", None, "Output index folder.", required=True)
     flags.DEFINE_integer("batch_size", 64, "Encoder batch size.")

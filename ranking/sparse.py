@@ -67,6 +67,8 @@ class BM25Index:
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of ``query`` against every document -> float32 [N]."""
         toks = _tokenize([query], self.stopwords)[0]
+        if not toks:  # only stopwords / no word characters: nothing to match
+            return np.zeros(len(self), np.float32)
         return np.asarray(self.retriever.get_scores(toks), np.float32)
 
     def search(self, queries: Sequence[str], k: int = 10) -> SearchResult:
