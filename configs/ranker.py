@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
         lists="",  # comma-separated ListwiseData .npz files (e.g. from ranking.llm_labels)
         preranker="",  # the pre-ranker .npz whose scores those lists carry (shipped with the ranker)
         feedback="",  # JSONL feedback log (copy / regenerate / dislike), needs `index`
+        feedback_errors="skip",  # malformed feedback lines: "skip" (warn with file:line) or "raise"
         index="",  # index folder from `python -m ranking.index` that feedback ids refer to
         n_match=100,
         n_prerank=30,

@@ -122,9 +122,15 @@ class CandidateGenerator:
         queries: Sequence[str],
         include: Sequence[Sequence[int]] | None = None,
         query_emb: np.ndarray | None = None,
+        progress: bool = False,
     ) -> Candidates:
+        """Candidate lists for ``queries`` (``progress``: tqdm bars for embedding and featurising)."""
         queries = list(queries)
-        qe = self.encoder.encode(queries) if query_emb is None else np.asarray(query_emb, np.float32)
+        if query_emb is None:
+            qe = self.encoder.encode(queries, progress=True, desc="embed queries") if progress else \
+                self.encoder.encode(queries)
+        else:
+            qe = np.asarray(query_emb, np.float32)
         res = self.index.search(qe, self.n_match, exact=self.exact)
         emb = self.index.embeddings
         width = self.n_prerank + max((len(x) for x in include), default=0) if include else self.n_prerank
@@ -136,7 +142,14 @@ class CandidateGenerator:
             item_emb=np.zeros((q_n, width, e), np.float32), query_emb=qe.astype(np.float32),
             features=np.zeros((q_n, width, NUM_FEATURES), np.float32),
         )
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=q_n, desc="match + pre-rank", unit="query")
         for i, query in enumerate(queries):
+            if bar is not None:
+                bar.update(1)
             must = [int(j) for j in (include[i] if include else [])]
             bad = [j for j in must if not 0 <= j < len(self.index)]
             if bad:
@@ -161,4 +174,6 @@ class CandidateGenerator:
             out.where[i, :n] = True
             out.item_emb[i, :n] = emb[idx_arr[pos]]
             out.features[i, :n] = feats[pos]
+        if bar is not None:
+            bar.close()
         return out

@@ -110,9 +110,11 @@ class PistisCascade:
     def has_ranker(self) -> bool:
         return self.scorer is not None
 
-    def candidates(self, queries: Sequence[str], include: Sequence[Sequence[int]] | None = None) -> Candidates:
+    def candidates(
+        self, queries: Sequence[str], include: Sequence[Sequence[int]] | None = None, progress: bool = False
+    ) -> Candidates:
         """Matched and pre-ranked candidate lists (pre-ranking order) with ranker features."""
-        return self.generator.generate(list(queries), include)
+        return self.generator.generate(list(queries), include, progress=progress)
 
     def rank(self, queries: Sequence[str], k: int) -> list[list[int]]:
         """Ordered pool indices (prompt order) for each query."""

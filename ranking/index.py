@@ -39,34 +39,53 @@ def read_corpus(path: str | Path) -> tuple[list[str], list[str]]:
     """Read a corpus -> (ids, texts).
 
     ``.txt``: one document per non-empty line, id = its line number. Otherwise JSONL of
-    ``{"id": ..., "text": ...}`` objects.
+    ``{"id": ..., "text": ...}`` objects (``id`` a string or integer, unique; ``text`` a string).
+    Errors name the file and line (``corpus.jsonl:7: ...``); an empty corpus is an error.
     """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no corpus file at {p}")
+    if not p.is_file():
+        raise ValueError(f"{p} is not a file (expected a .jsonl or .txt corpus)")
     ids: list[str] = []
     texts: list[str] = []
     seen: set[str] = set()
-    if Path(path).suffix.lower() == ".txt":
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    ids.append(str(n))
-                    texts.append(line.rstrip("\r\n"))
-        return ids, texts
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    txt = p.suffix.lower() == ".txt"
+    with open(p, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{p}:{n}: not UTF-8 ({e.reason} at byte {e.start})") from None
+            if n == 1:
+                line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark
             if not line.strip():
+                continue
+            if txt:
+                ids.append(str(n))
+                texts.append(line.rstrip("\r\n"))
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from e
+                raise ValueError(f"{p}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+            except RecursionError:
+                raise ValueError(f"{p}:{n}: JSON nested too deeply") from None
             if not isinstance(row, dict) or "id" not in row or "text" not in row:
-                raise ValueError(f"{path}:{n}: expected an object with 'id' and 'text'")
-            doc_id = str(row["id"])
+                raise ValueError(f"{p}:{n}: expected an object with 'id' and 'text'")
+            doc_id, text = row["id"], row["text"]
+            if isinstance(doc_id, bool) or not isinstance(doc_id, str | int) or doc_id == "":
+                raise ValueError(f"{p}:{n}: 'id' must be a non-empty string or an integer, got {doc_id!r}")
+            if not isinstance(text, str):
+                raise ValueError(f"{p}:{n}: 'text' must be a string, got {type(text).__name__}")
+            doc_id = str(doc_id)
             if doc_id in seen:
-                raise ValueError(f"{path}:{n}: duplicate id {doc_id!r}")
+                raise ValueError(f"{p}:{n}: duplicate id {doc_id!r}")
             seen.add(doc_id)
             ids.append(doc_id)
-            texts.append(str(row["text"]))
+            texts.append(text)
+    if not ids:
+        raise ValueError(f"{p}: the corpus holds no documents")
     return ids, texts
 
 
@@ -207,9 +226,13 @@ def build_index(
     block_docs: int = 2048,
     progress: bool = True,
     metadata: dict[str, Any] | None = None,
+    docs: tuple[Sequence[str], Sequence[str]] | None = None,
 ) -> Path:
-    """Embed a JSONL corpus block by block with ``encoder`` (default: bundled MiniLM) and save it."""
-    ids, texts = read_corpus(corpus)
+    """Embed a corpus block by block with ``encoder`` (default: bundled MiniLM) and save it.
+
+    ``docs``: the corpus' ``(ids, texts)`` if already read with :func:`read_corpus`.
+    """
+    ids, texts = (list(docs[0]), list(docs[1])) if docs is not None else read_corpus(corpus)
     if encoder is None:
         from jaxrl_desktop.encoder import SentenceEncoder
 
@@ -248,17 +271,25 @@ def build_index(
 def main(argv: Sequence[str]) -> None:
     from absl import flags
 
+    from ranking.cli import user_errors
+
     del argv
     f = flags.FLAGS
     t0 = time.perf_counter()
-    from jaxrl_desktop.encoder import SentenceEncoder
+    with user_errors():
+        ids, texts = read_corpus(f.corpus)
+        out = Path(f.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} exists and is not a folder")
+        from jaxrl_desktop.encoder import SentenceEncoder
 
-    enc = SentenceEncoder.from_pretrained(max_length=f.max_length, batch_size=f.batch_size)
-    out = build_index(f.corpus, f.out, enc, block_docs=f.block_docs, progress=not f.quiet)
+        enc = SentenceEncoder.from_pretrained(max_length=f.max_length, batch_size=f.batch_size)
+    if not f.quiet:
+        print(f"read {len(ids)} documents from {f.corpus}")
+    out = build_index(f.corpus, out, enc, block_docs=f.block_docs, progress=not f.quiet, docs=(ids, texts))
     if f.bm25:
         from ranking.sparse import BM25Index
 
-        ids, texts = read_corpus(f.corpus)
         BM25Index(texts, ids).save(out / "bm25")
     manifest = json.loads((out / MANIFEST).read_text())
     print(
@@ -274,9 +305,9 @@ def _define_flags() -> None:
         "per line.", required=True
     )
     flags.DEFINE_string("out", None, "Output index folder.", required=True)
-    flags.DEFINE_integer("batch_size", 64, "Encoder batch size.")
-    flags.DEFINE_integer("max_length", 256, "Tokenizer truncation length.")
-    flags.DEFINE_integer("block_docs", 2048, "Documents embedded and written per block.")
+    flags.DEFINE_integer("batch_size", 64, "Encoder batch size.", lower_bound=1)
+    flags.DEFINE_integer("max_length", 256, "Tokenizer truncation length.", lower_bound=2, upper_bound=512)
+    flags.DEFINE_integer("block_docs", 2048, "Documents embedded and written per block.", lower_bound=1)
     flags.DEFINE_bool("bm25", False, "Also build a BM25 index under OUT/bm25.")
     flags.DEFINE_bool("quiet", False, "No progress bar.")
 

@@ -91,16 +91,29 @@ class ListwiseData:
 
     @classmethod
     def load(cls, path: str | Path) -> ListwiseData:
+        """Read a file written by :meth:`save` (errors name the file and what is wrong)."""
+        import zipfile
+
         try:
-            with np.load(path, allow_pickle=False) as z:
-                missing = [k for k in _ARRAYS if k not in z.files]
-                if missing:
-                    raise ValueError(f"{path}: not a listwise data file (missing {missing})")
+            z = np.load(path, allow_pickle=False)
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+            what = "not an .npz file" if isinstance(e, ValueError) else str(e)
+            raise ValueError(f"{path}: cannot read listwise data ({what})") from e
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path}: cannot read listwise data (a single array, not an .npz file)")
+        with z:
+            missing = [k for k in _ARRAYS if k not in z.files]
+            if missing:
+                raise ValueError(f"{path}: not a listwise data file (missing {missing})")
+            try:
                 kw = {k: z[k] for k in _ARRAYS}
                 queries = [str(x) for x in z["queries"]] if "queries" in z.files else []
-        except (OSError, EOFError) as e:
-            raise ValueError(f"{path}: cannot read listwise data ({e})") from e
-        return cls(**kw, queries=queries)
+            except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+                raise ValueError(f"{path}: cannot read listwise data ({e})") from e
+        try:
+            return cls(**kw, queries=queries)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
 
 
 def concat(parts: Sequence[ListwiseData]) -> ListwiseData:

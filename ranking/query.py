@@ -9,7 +9,6 @@ this is the pre-ranking order (best first); with it, the ranker's order (best la
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 
 
@@ -56,14 +55,13 @@ def main(argv: Sequence[str]) -> None:
     if not f["verbosity"].present:
         absl_logging.set_verbosity(absl_logging.WARNING)
     from ranking.cascade import PistisCascade
-    from ranking.index import IndexCorruptError
+    from ranking.cli import fail, user_errors
 
-    try:
+    if not f.query.strip():
+        fail("--query is empty")
+    with user_errors():
         cascade = PistisCascade.from_index(f.index, ranker_dir=f.ranker, n_match=f.n_match,
                                            n_prerank=f.n_prerank)
-    except (FileNotFoundError, IndexCorruptError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     rows = run_query(cascade, f.query, f.k)
     if f.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))

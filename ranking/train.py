@@ -25,6 +25,7 @@ import functools
 import json
 import logging
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -170,14 +171,24 @@ def _programs(rcfg: RankerConfig, tcfg_json: str, mesh: Mesh, seed: int):
     return graphdef, init, shardings, step, optimizer
 
 
+def validate_train_config(tcfg: Any) -> None:
+    """Raise ``ValueError`` naming the first bad ``config.train`` field."""
+    if tcfg.loss not in ("listmle", "softmax"):
+        raise ValueError(f"config.train.loss must be 'listmle' or 'softmax', got {tcfg.loss!r}")
+    if tcfg.temperature <= 0:
+        raise ValueError(f"config.train.temperature must be > 0, got {tcfg.temperature}")
+    for name in ("steps", "batch_lists", "log_every", "checkpoint_every", "keep"):
+        if int(tcfg[name]) < 1:
+            raise ValueError(f"config.train.{name} must be >= 1, got {tcfg[name]}")
+    if tcfg.learning_rate <= 0:
+        raise ValueError(f"config.train.learning_rate must be > 0, got {tcfg.learning_rate}")
+
+
 class RankerTrainer:
     """Sharded train step + batching for the ranker (used by :func:`fit_ranker` and the bench)."""
 
     def __init__(self, rcfg: RankerConfig, tcfg: Any, mesh: Mesh, seed: int = 0):
-        if tcfg.loss not in ("listmle", "softmax"):
-            raise ValueError(f"config.train.loss must be 'listmle' or 'softmax', got {tcfg.loss!r}")
-        if tcfg.temperature <= 0:
-            raise ValueError(f"config.train.temperature must be > 0, got {tcfg.temperature}")
+        validate_train_config(tcfg)
         self.rcfg, self.tcfg, self.mesh, self.seed = rcfg, tcfg, mesh, seed
         key = json.dumps(dict(tcfg), sort_keys=True)
         self.graphdef, init, self.shardings, self.step_fn, self.optimizer = _programs(rcfg, key, mesh, seed)
@@ -331,17 +342,26 @@ def _feedback_data(config: ml_collections.ConfigDict, mesh: Mesh, preranker: str
 
     if not config.data.index:
         raise ValueError("config.data.feedback needs config.data.index (the index folder the shown ids come from)")
+    mode = config.data.get("feedback_errors", "skip")
+    if mode not in ("skip", "raise"):
+        raise ValueError(f"config.data.feedback_errors must be 'skip' or 'raise', got {mode!r}")
     store = FeedbackStore(Path(config.workdir) / "feedback_store.json")
-    report = store.ingest(config.data.feedback, errors="skip")
+    report = store.ingest(config.data.feedback, errors=mode)
     for err in report.errors:
         log.warning("feedback: %s (skipped)", err)
+    if report.errors:
+        print(f"feedback: skipped {len(report.errors)} malformed line(s), first: {report.errors[0]}",
+              file=sys.stderr)
     log.info("feedback: %d new events (%d duplicates), %d stored", report.added, report.duplicates, len(store))
     cascade = PistisCascade.from_index(
         config.data.index, mesh=mesh, n_match=config.data.n_match, n_prerank=config.data.n_prerank,
         preranker=load_preranker(preranker) if preranker else None,
     )
     id_to_index = {d: i for i, d in enumerate(cascade.index.ids)}
-    data, notes = feedback_lists(store.events, id_to_index, cascade.candidates)
+    def featurise(queries, include):
+        return cascade.candidates(queries, include, progress=len(queries) > 50)
+
+    data, notes = feedback_lists(store.events, id_to_index, featurise)
     for note in notes:
         log.warning("%s", note)
     if data is None:
@@ -356,12 +376,20 @@ def main(argv: list[str]) -> None:
     del argv
     if not flags.FLAGS["verbosity"].present:
         absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+    from ranking.cli import user_errors
+
     config = flags.FLAGS.config
     workdir = Path(config.workdir)
+    with user_errors():
+        validate_train_config(config.train)
+        RankerConfig(embed_dim=384, **dict(config.model))  # shape checks before any data work
+        if workdir.exists() and not workdir.is_dir():
+            raise ValueError(f"config.workdir {workdir} exists and is not a folder")
+        mesh = make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    mesh = make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor)
-    data, preranker = load_training_data(config, mesh, workdir)
+    with user_errors():
+        data, preranker = load_training_data(config, mesh, workdir)
     print(f"training the ranker on {len(data)} candidate lists "
           f"({int(data.list_mask.sum())} labelled orderings) on a {dict(mesh.shape)} mesh")
     res = fit_ranker(data, config.train, config.model, mesh, workdir, config.seed, progress=True,
@@ -375,8 +403,6 @@ def main(argv: list[str]) -> None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with a one-line error (not a traceback) for a misspelt config override."""
-    import sys
-
     from absl import flags
 
     try:

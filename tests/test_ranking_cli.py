@@ -71,6 +71,57 @@ def test_query_errors_are_clear(tmp_path, index_dir):
     assert "Traceback" not in proc.stderr
     proc = _run("ranking.query", f"--index={index_dir}", "--query=x", f"--ranker={tmp_path}")
     assert proc.returncode == 2 and "not a ranker folder" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _run("ranking.query", f"--index={index_dir}", "--query=  ")
+    assert proc.returncode == 2 and "error: --query is empty" in proc.stderr
+    (tmp_path / "manifest.json").write_text("{")
+    proc = _run("ranking.query", f"--index={tmp_path}", "--query=x")
+    assert proc.returncode == 2 and "not valid JSON" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_index_errors_are_clear(tmp_path):
+    """Missing corpus, a bad JSONL line (file:line), bad fields, empty corpus: one line, exit 2."""
+    bad = tmp_path / "bad.jsonl"
+    cases = [
+        (None, "error: no corpus file at"),
+        ('{"id": "a", "text": "fine"}\n{"id": "b", "text": \n', f"error: {bad}:2: not valid JSON"),
+        ('{"id": "a", "text": "fine"}\n\n{"id": "b", "text": 7}\n', f"error: {bad}:3: 'text' must be a string"),
+        ('{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n', f"error: {bad}:2: duplicate id 'a'"),
+        ("\n  \n", "holds no documents"),
+    ]
+    for content, fragment in cases:
+        if content is not None:
+            bad.write_text(content, encoding="utf-8")
+        corpus = bad if content is not None else tmp_path / "missing.jsonl"
+        proc = _run("ranking.index", f"--corpus={corpus}", f"--out={tmp_path / 'idx'}", "--quiet")
+        assert proc.returncode == 2, (content, proc.stderr[-2000:])
+        assert fragment in proc.stderr and "Traceback" not in proc.stderr, (content, proc.stderr[-2000:])
+        assert not (tmp_path / "idx" / "manifest.json").exists()
+    bad.write_bytes(b'{"id": "a", "text": "ok"}\n{"id": "b", "text": "\xff"}\n')
+    proc = _run("ranking.index", f"--corpus={bad}", f"--out={tmp_path / 'idx'}", "--quiet")
+    assert proc.returncode == 2 and f"{bad}:2: not UTF-8" in proc.stderr
+
+
+def test_train_cli_errors_are_clear(tmp_path, index_dir):
+    base = ("ranking.train", "--config=configs/ranker.py", f"--config.workdir={tmp_path / 'w'}",
+            "--config.data.synthetic=False")
+    proc = _run(*base, f"--config.data.lists={tmp_path / 'nope.npz'}")
+    assert proc.returncode == 2 and f"error: config.data.lists: no file {tmp_path / 'nope.npz'}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    proc = _run(*base, f"--config.data.lists={tmp_path / 'junk.npz'}")
+    assert proc.returncode == 2 and "cannot read listwise data" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _run(*base)
+    assert proc.returncode == 2 and "no training data" in proc.stderr
+    proc = _run(*base, "--config.train.loss=pairwise")
+    assert proc.returncode == 2 and "config.train.loss" in proc.stderr and "Traceback" not in proc.stderr
+    log = tmp_path / "fb.jsonl"
+    log.write_text('{"query": "q", "shown": ["1"], "feedback": "copy"}\n{"query": "q", "shown": []}\n')
+    proc = _run(*base, f"--config.data.feedback={log}", f"--config.data.index={index_dir}",
+                "--config.data.feedback_errors=raise")
+    assert proc.returncode == 2 and f"error: {log}:2: missing field(s) ['feedback']" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = _run(*base, f"--config.data.feedback={tmp_path / 'nolog.jsonl'}", f"--config.data.index={index_dir}")
+    assert proc.returncode == 2 and "cannot read feedback log" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_cascade_select_fallback_and_signature(index_dir, encoder, caplog):
