@@ -21,8 +21,18 @@ def simple_tokens(text: str) -> list[str]:
     return _TOKEN_RE.findall(text.lower())
 
 
-def _tokenize(texts: Sequence[str], stopwords: str | None) -> list[list[str]]:
+def _bm25s():
+    """``bm25s``, with its logger quietened (it sets itself to DEBUG, which floods absl's stderr)."""
+    import logging
+
     import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
+def _tokenize(texts: Sequence[str], stopwords: str | None) -> list[list[str]]:
+    bm25s = _bm25s()
 
     return bm25s.tokenize(
         list(texts),
@@ -46,7 +56,7 @@ class BM25Index:
         stopwords: str | None = "en",
         _retriever=None,
     ):
-        import bm25s
+        bm25s = _bm25s()
 
         self.stopwords = stopwords
         if _retriever is not None:
@@ -90,8 +100,7 @@ class BM25Index:
 
     @classmethod
     def load(cls, index_dir: str | Path) -> BM25Index:
-        import bm25s
-
+        bm25s = _bm25s()
         d = Path(index_dir)
         meta = json.loads((d / "ids.json").read_text())
         retriever = bm25s.BM25.load(str(d), show_progress=False)
