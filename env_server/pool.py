@@ -13,7 +13,11 @@ Faults (see docs/reliability.md):
 - a worker that dies is restarted and its envs are recreated under the same ids. Episodes that
   were running are truncated: the step in flight (or the env's next step) is answered ``ABORTED``
   with a truncated observation. Creates and resets in flight are re-run on the new worker (they
-  never reached the client, and a reset does not depend on the lost state).
+  never reached the client, and a reset does not depend on the lost state), in the order sent;
+- a create or reset that was running when its worker died and is running again when the
+  replacement dies too (a "poison" item, e.g. a task whose reset crashes the backend) is answered
+  ``INTERNAL`` instead of being re-run a third time, so one bad task cannot crash-loop a worker
+  (and stall every env on it) until the deadlines run out.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from env_server.worker import WorkerSpec, worker_main
 log = logging.getLogger(__name__)
 
 # grpc status code values
-OK, DEADLINE_EXCEEDED, NOT_FOUND, RESOURCE_EXHAUSTED, ABORTED, UNAVAILABLE = 0, 4, 5, 8, 10, 14
+OK, DEADLINE_EXCEEDED, NOT_FOUND, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNAVAILABLE = (
+    0, 4, 5, 8, 10, 13, 14)
 
 Item = tuple[int, int, object, tuple[int, int]]  # (op, env_id, arg, meta)
 Sink = Callable[[list[tuple[Cmd, Reply]]], None]
@@ -121,6 +126,7 @@ class WorkerPool:
         self.env_args: dict[int, object] = {}  # backend kwargs given at create (to recreate)
         self.cut: dict[int, tuple[int, int, str]] = {}  # truncations to report on the next step
         self.lost: dict[int, str] = {}  # env id -> why it is gone (worker died, not restarted)
+        self.suspects: dict[int, int] = {}  # item tag -> worker deaths it was running at (create/reset)
         self.restarts = 0
         self.screen_shape: tuple[int, int] | None = None
         self._tags = itertools.count(1)
@@ -470,9 +476,16 @@ class WorkerPool:
         Per env, in submission order: a CREATE or RESET is re-run on the new worker; the first STEP
         of a running episode is answered ABORTED (episode truncated); later steps are re-queued (the
         new worker answers them as usual). Running episodes with no step waiting are truncated on
-        their next step.
+        their next step. Re-queued items keep the order they were sent in (recreations queued at an
+        earlier death come before the items queued after them).
+
+        Workers flush their replies before starting a create or reset, so when the oldest
+        unanswered item is a create/reset it is the one that was running when the worker died. One
+        found running at a second death is answered INTERNAL instead of being re-run again.
         """
-        pending = sorted(w.pending.values(), key=lambda e: e[1].tag)
+        pending = list(w.pending.values())  # insertion order = the order sent to the worker
+        entry = w.pending.get(w.inflight[0][0]) if w.inflight else None  # oldest sent, unanswered
+        poison = self._poison(entry[1]) if entry is not None else None
         w.pending, w.outbox = {}, []
         w.inflight.clear()
         w.expired.clear()
@@ -489,6 +502,13 @@ class WorkerPool:
                 continue
             if op == Op.CLOSE:  # the env is gone with its worker
                 answers.setdefault(sink, []).append((cmd, error_reply(cmd, OK, f"closed ({why})")))
+                continue
+            if cmd is poison:
+                answers.setdefault(sink, []).append((cmd, self._poison_reply(cmd, why)))
+                if op == Op.CREATE:  # never made (a recreation's sink also marks it lost)
+                    self._forget(env_id)
+                else:
+                    running[env_id] = False
                 continue
             if op == Op.CREATE:
                 created.add(env_id)
@@ -530,6 +550,33 @@ class WorkerPool:
                 sink(pairs)
             except Exception:
                 log.exception("result sink failed")
+
+    def _poison(self, first: Cmd) -> Cmd | None:
+        """``first`` (the oldest item sent to a dead worker and not answered) if it is a create or
+        reset that was also running at an earlier worker death, else None (and remember it).
+
+        Workers flush their replies before they start a create or reset, so such an item was the
+        one running when the worker died.
+        """
+        if first.op not in (Op.CREATE, Op.RESET):
+            return None
+        deaths = self.suspects.pop(first.tag, 0) + 1
+        if deaths >= 2:
+            return first
+        if len(self.suspects) > 1024:  # items that later finished normally; keep this bounded
+            self.suspects.clear()
+        self.suspects[first.tag] = deaths
+        return None
+
+    def _poison_reply(self, cmd: Cmd, why: str) -> Reply:
+        what = f"{Op(cmd.op).name.lower()} of env {cmd.env_id}"
+        if cmd.op == Op.RESET:
+            family, seed, split = cmd.arg
+            what += f" (task family={family!r}, seed={seed}, split={split!r})"
+        message = (f"{what} was running when its worker died, and again when the replacement "
+                   f"died ({why}); it is not retried again (it probably crashes the backend)")
+        log.error("%s", message)
+        return error_reply(cmd, INTERNAL, message)
 
     def _recreated(self, why: str) -> Sink:
         def sink(pairs: list[tuple[Cmd, Reply]]) -> None:

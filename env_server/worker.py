@@ -291,6 +291,9 @@ class WorkerState:
 
 # desktop.v1.Kind values per op (PING/SHUTDOWN have no kind)
 _KIND = {Op.CREATE: 1, Op.RESET: 2, Op.STEP: 3, Op.CLOSE: 4, Op.PING: 0, Op.SHUTDOWN: 0}
+# ops the server re-runs after a worker death: replies before them are sent first, so that when a
+# worker dies the oldest item it had not answered is the one it was running
+_FLUSH_FIRST = (Op.CREATE, Op.RESET)
 
 
 def serve(sock: socket.socket, spec: WorkerSpec) -> None:
@@ -322,6 +325,8 @@ def serve(sock: socket.socket, spec: WorkerSpec) -> None:
                     out.items.append(Reply(cmd.tag, OK, "", 0, 0, 0, None, False))
                     out.flush()
                     return
+                if cmd.op in _FLUSH_FIRST and out.items:
+                    out.flush()  # so a crash in this call is pinned on it (see WorkerPool._salvage)
                 reply = state.handle(cmd, alarm, out.due())  # may flush out.items meanwhile
                 out.items.append(reply)
                 if out.broken:

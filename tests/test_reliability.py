@@ -13,9 +13,12 @@ import textwrap
 import threading
 import time
 
+import crashing_backend
 import grpc
+import numpy as np
 import psutil
 import pytest
+from fake_backend import PATH as FAKE_PATH
 from fake_backend import fake_config
 from server_proc import REPO, ServerProc
 
@@ -23,8 +26,9 @@ from env_server.client import Backoff, BatchedClient, check
 from env_server.fleet import FleetClient, FleetUnavailable
 from env_server.proto import desktop_pb2 as pb
 from env_server.proto import desktop_pb2_grpc as pb_grpc
-from env_server.server import ServerThread
+from env_server.server import ServerConfig, ServerThread
 from env_server.types import TaskRef
+from jaxrl_desktop.rollout import ExpertPolicy, run_episodes
 
 ABORTED, DEADLINE = grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED
 
@@ -132,6 +136,61 @@ def test_without_restart_the_envs_are_reported_lost():
         _wait(lambda: c.info().live_workers == 1, what="worker death")
         [r] = c.step([ids[0]], ["x"])
         assert r.code == grpc.StatusCode.NOT_FOUND and "was lost" in r.message
+
+
+def test_reset_that_kills_its_worker_is_not_retried_forever():
+    """A poison task (its reset kills the worker) is re-run once, then answered INTERNAL; the
+    resets queued with it on that worker run after their envs are recreated (all OK), and nothing
+    waits for a deadline (before the fix: a crash loop, then DEADLINE_EXCEEDED for the whole
+    worker, or NOT_FOUND because re-queued resets overtook the recreations)."""
+    cfg = fake_config(workers=1, backend="crashy", restart_workers=True,
+                      backend_modules=(FAKE_PATH, crashing_backend.PATH))
+    with ServerThread(cfg) as st, BatchedClient(st.address, timeout=30) as c:
+        ledger = Ledger()
+        ids = c.create(4)
+        ledger.add_all(check(c.reset(ids, [1, 2, 3, 4])))
+        ledger.add_all(check(c.step(ids, ["x"] * 4)))
+        t0 = time.monotonic()
+        results = ledger.add_all(c.reset(ids, [5, TaskRef("crash", 6), 7, 8]))
+        assert time.monotonic() - t0 < 20.0  # two restarts, no deadline (30 s) reached
+        poison = results[1]
+        assert poison.code == grpc.StatusCode.INTERNAL, poison
+        assert "family='crash', seed=6" in poison.message and "not retried" in poison.message
+        assert f"exit code {crashing_backend.EXIT_CODE}" in poison.message
+        others = [r for i, r in enumerate(results) if i != 1]
+        assert all(r.ok and r.episode_id == 2 and r.step_index == 0 for r in others), others
+        assert st.server.pool.restarts == 2 and c.info().envs == 4
+        # env 0 was reset (and answered) on the first worker just before the poison killed it:
+        # that new episode is truncated; the poisoned env has no episode; 2 and 3 run on
+        results = ledger.add_all(c.step(ids, ["y"] * 4))
+        assert results[0].code == ABORTED and results[0].truncated and results[0].step_index == 1
+        assert results[1].code == grpc.StatusCode.FAILED_PRECONDITION
+        assert results[2].ok and results[3].ok
+        # the poisoned env is still there and takes a good task; everyone keeps stepping
+        ledger.add_all(check(c.reset(ids[:2], [9, 10])))
+        for _ in range(3):
+            ledger.add_all(check(c.step(ids, ["z"] * 4)))
+        assert st.server.pool.restarts == 2
+
+
+def test_expert_collection_like_the_learner():
+    """The learner's expert-demonstration pass: 96 envs, 1,024 tasks, expert actions, lockstep
+    episodes through the batched client on an embedded 2-worker sim server. Every reset and step
+    must come back OK (run_episodes raises otherwise); a stall would hit the 30 s deadline."""
+    seeds = np.random.default_rng([0, 0]).integers(0, 2**31 - 1, 1024)
+    tasks = [TaskRef("", int(s), "train") for s in seeds]
+    policy = ExpertPolicy("api")
+    with ServerThread(ServerConfig(workers=2)) as st, BatchedClient(st.address, timeout=30) as c:
+        ids = c.create(96)
+        episodes = []
+        for lo in range(0, len(tasks), len(ids)):
+            episodes += run_episodes(c, ids, tasks[lo:lo + len(ids)], policy, max_steps=64)
+        assert len(episodes) == 1024 and all(e.success for e in episodes)
+        keys = {(e.env_id, e.episode_id) for e in episodes}
+        assert len(keys) == 1024  # every episode got its own (env, episode) id
+        assert all([s.step_index for s in e.steps] == list(range(1, len(e.steps) + 1))
+                   for e in episodes)
+        assert st.server.pool.restarts == 0 and c.info().envs == 96
 
 
 # ---------------------------------------------------------------- 2. hung backend calls

@@ -1,0 +1,49 @@
+"""Backends whose reset kills the worker process for some tasks (a "poison" task), for fault tests.
+
+``crashy``: the fake backend (see ``fake_backend``); resetting family ``crash`` exits the process.
+``crashy_sim``: the sim backend; resetting a task whose seed is a positive multiple of ``poison_every``
+(keyword, default 0 = never) exits the process, like a task generator with a fatal bug.
+Register with ``--backend_module <this file>`` (the ``fake_backend`` module must be importable:
+``tests/`` on ``sys.path``, as under pytest and in ``ServerProcess`` workers started from it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from fake_backend import FakeBackend
+
+from env_server.backend import register_backend
+from env_server.sim.backend import SimBackend
+
+PATH = os.path.abspath(__file__)
+EXIT_CODE = 7
+
+
+class CrashyBackend(FakeBackend):
+    name = "crashy"
+
+    def reset(self, task, *, screenshot: bool = False):
+        if task.family == "crash":
+            os._exit(EXIT_CODE)
+        return super().reset(task, screenshot=screenshot)
+
+
+class CrashySimBackend(SimBackend):
+    name = "crashy_sim"
+
+    def __init__(self, poison_every: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.poison_every = poison_every
+
+    def reset(self, task, *, screenshot: bool = False):
+        if self.poison_every and task.seed and task.seed % self.poison_every == 0:
+            os._exit(EXIT_CODE)
+        return super().reset(task, screenshot=screenshot)
+
+
+register_backend("crashy", CrashyBackend)
+register_backend("crashy_sim", CrashySimBackend)
