@@ -66,7 +66,7 @@ def read_corpus(path: str | Path) -> tuple[list[str], list[str]]:
                 texts.append(line.rstrip("\r\n"))
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{p}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
             except RecursionError:

@@ -167,8 +167,15 @@ def test_read_corpus_errors(tmp_path):
     with pytest.raises(ValueError, match="'id' and 'text'"):
         read_corpus(p)
     p.write_text('{"id": 1, "text": "a"\n')
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: not valid JSON \(Expecting ',' delimiter at column 22\)"):
         read_corpus(p)
+    p.write_text('{"id": null, "text": "a"}\n')
+    with pytest.raises(ValueError, match=r":1: 'id' must be a non-empty string or an integer"):
+        read_corpus(p)
+    with pytest.raises(FileNotFoundError, match="no corpus file at"):
+        read_corpus(tmp_path / "missing.jsonl")
+    p.write_bytes('\ufeff{"id": 1, "text": "a"}\n'.encode())  # a byte-order mark is fine
+    assert read_corpus(p) == (["1"], ["a"])
 
 
 def test_cli_builds_searchable_index(tmp_path):
