@@ -5,8 +5,10 @@
 
 Starts ``python -m env_server.serve`` (sim backend) on a free 127.0.0.1 port, runs the load
 clients of ``env_server.loadgen`` (each proves that no transition was lost or duplicated), and
-prints steps/s, the server's resident memory (start, after warm-up, end, peak; server + workers)
-and the end/warm-up RSS ratio.
+prints steps/s, the server's resident memory (start, after warm-up, end, peak; server + workers),
+and per process the peak RSS of the middle (35-55 % of the steps) and end (85-100 %) windows, with
+the verdict of the same flatness check as ``tests/test_soak.py``. Exits 1 on an accounting
+problem or memory growth.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import argparse
 import psutil
 from tqdm import tqdm
 
-from env_server.loadgen import ServerProcess, describe, soak
+from env_server.loadgen import RssRecorder, ServerProcess, describe, flat, soak
 
 
 def main() -> None:
@@ -38,14 +40,30 @@ def main() -> None:
             bar.set_postfix(rss_mib=rss >> 20)
             bar.refresh()
 
-        result = soak(server.address, server.rss, clients=args.clients, envs=args.envs,
-                      steps=args.steps, on_progress=progress)
+        recorder = RssRecorder(server, on_progress=progress)
+        result = soak(server.address, recorder, clients=args.clients, envs=args.envs,
+                      steps=args.steps, on_progress=recorder.progress)
         bar.close()
     print(describe(result))
     ratio = result.rss_end / max(1, result.rss_warm)
-    print(f"peak RSS {result.rss_peak / 2**20:.0f} MiB; end/warm-up RSS ratio {ratio:.3f}")
+    print(f"peak RSS {result.rss_peak / 2**20:.0f} MiB (server + workers); "
+          f"end/warm-up RSS ratio {ratio:.3f}")
+    try:
+        growth = recorder.growth()
+    except ValueError as err:  # a run too short to have samples in both windows
+        print(f"memory: not judged ({err}; run more steps)")
+        growth = {}
+    if growth:
+        print("peak RSS MiB, middle window (35-55 % of the steps) -> end window (85-100 %):")
+    for name, (mid, end) in growth.items():
+        print(f"  {name:<24} {mid / 2**20:7.1f} -> {end / 2**20:7.1f}  ({(end - mid) / 2**20:+.1f})")
+    grew = flat(growth)
+    if growth:
+        print(f"memory: {'flat' if not grew else 'GREW: ' + '; '.join(grew)}")
     if result.problems:
         raise SystemExit(f"accounting problems: {result.problems[:10]}")
+    if grew:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

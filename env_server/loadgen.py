@@ -75,13 +75,27 @@ class ServerProcess:
 
     def rss(self) -> int:
         """Resident bytes of the whole server tree."""
-        total = 0
+        return sum(self.rss_by_process().values())
+
+    def rss_by_process(self) -> dict[str, int]:
+        """Resident bytes of each process of the server tree, by ``"<role> <pid>"`` (role: server,
+        forkserver, resource-tracker or worker)."""
+        out = {}
         for p in self.tree():
             try:
-                total += p.memory_info().rss
-            except psutil.NoSuchProcess:
+                out[f"{self._role(p)} {p.pid}"] = p.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-        return total
+        return out
+
+    def _role(self, p: psutil.Process) -> str:
+        if p.pid == self.proc.pid:
+            return "server"
+        if p.ppid() == self.proc.pid:  # helpers the server started; workers are their children
+            cmd = " ".join(p.cmdline())
+            return ("forkserver" if "forkserver" in cmd else
+                    "resource-tracker" if "resource_tracker" in cmd else "worker")
+        return "worker"
 
     def kill(self) -> None:
         """SIGKILL the server and its workers (like a machine crash)."""
@@ -321,6 +335,55 @@ def soak(address: str, rss, *, clients: int = 4, envs: int = 1000, steps: int = 
                       rss_warm or (samples[-1][1] if samples else 0),
                       rss_end or (samples[-1][1] if samples else 0),
                       max((s[1] for s in samples), default=0), samples)
+
+
+class RssRecorder:
+    """Samples a server's RSS per process; pass it as ``soak(rss=...)`` and its ``progress`` as
+    ``on_progress`` to get ``samples``: (fraction of steps done, {process: RSS bytes})."""
+
+    def __init__(self, server: ServerProcess, on_progress=None):
+        self.server = server
+        self.on_progress = on_progress
+        self.last: dict[str, int] = {}
+        self.samples: list[tuple[float, dict[str, int]]] = []
+
+    def __call__(self) -> int:
+        self.last = self.server.rss_by_process()
+        return sum(self.last.values())
+
+    def progress(self, fraction: float, rss: int) -> None:
+        self.samples.append((fraction, self.last))
+        if self.on_progress is not None:
+            self.on_progress(fraction, rss)
+
+    def window(self, lo: float, hi: float) -> dict[str, int]:
+        """Per process (and ``"total"``), the peak RSS over the samples taken between fractions
+        ``lo`` and ``hi`` of the steps (processes seen in every such sample)."""
+        rows = [d for f, d in self.samples if lo <= f <= hi]
+        if not rows:
+            raise ValueError(f"no RSS sample between {lo:.0%} and {hi:.0%} of the steps")
+        keys = set.intersection(*(set(d) for d in rows))
+        out = {k: max(d[k] for d in rows) for k in sorted(keys)}
+        out["total"] = max(sum(d.values()) for d in rows)
+        return out
+
+    def growth(self, mid=(0.35, 0.55), end=(0.85, 1.0)) -> dict[str, tuple[int, int]]:
+        """(peak RSS in the middle window, peak RSS in the end window) per process and total."""
+        a, b = self.window(*mid), self.window(*end)
+        return {k: (a[k], b[k]) for k in a if k in b}
+
+
+def flat(growth: dict[str, tuple[int, int]], rel: float = 0.03, abs_mib: float = 3.0) -> list[str]:
+    """Processes whose end-window peak exceeds the middle-window peak by more than
+    ``max(abs_mib MiB, rel * middle)`` (twice that for the total); empty = memory stayed flat."""
+    bad = []
+    for name, (mid, end) in growth.items():
+        k = 2 if name == "total" else 1
+        allowed = k * max(abs_mib * 2**20, rel * mid)
+        if end - mid > allowed:
+            bad.append(f"{name}: {mid / 2**20:.1f} -> {end / 2**20:.1f} MiB "
+                       f"(+{(end - mid) / 2**20:.1f} > {allowed / 2**20:.1f} allowed)")
+    return bad
 
 
 def describe(result: SoakResult) -> str:

@@ -52,6 +52,7 @@ _EXPIRY_SLACK_S = 0.2  # the worker answers (and cancels) at the deadline; the s
 _SWEEP_MAX_S = 0.1
 _YOUNG_S = 10.0  # a worker dying sooner than this after its start is restarted with a back-off
 _KIND = {Op.CREATE: 1, Op.RESET: 2, Op.STEP: 3, Op.CLOSE: 4, Op.PING: 0, Op.SHUTDOWN: 0}
+_COMPACT_MIN = 4096  # deadline entries kept before answered ones are pruned (see _compact)
 
 
 @dataclass
@@ -132,6 +133,7 @@ class WorkerPool:
         self._tags = itertools.count(1)
         self._env_ids = itertools.count(1)
         self._deadlines: list[tuple[float, int, list[tuple[_Worker, int]]]] = []
+        self._compact_at = _COMPACT_MIN
         self._seq = itertools.count()
         self._flush_scheduled = False
         self._closing = False
@@ -196,6 +198,11 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ envs
     @property
+    def _restarting(self) -> bool:
+        """Dead workers are replaced (so items for their envs wait for the new process)."""
+        return self.config.restart_workers and self._started
+
+    @property
     def num_envs(self) -> int:
         return len(self.env_worker)
 
@@ -243,12 +250,14 @@ class WorkerPool:
         for op, env_id, arg, meta in items:
             cmd = Cmd(next(self._tags), op, env_id, arg, shot, fmt, deadline, meta)
             w = self.env_worker.get(env_id)
-            if w is None or self._closing:
+            if w is None or self._closing or not (w.alive or self._restarting):
                 why = self.lost.get(env_id) or f"env {env_id} does not exist"
                 if self._closing:
                     code, why = UNAVAILABLE, "the server is shutting down"
-                else:
+                else:  # (a dead worker not restarted: its envs are lost even before the clean-up)
                     code = NOT_FOUND
+                    if w is not None:
+                        why = f"env {env_id} was lost: its worker {w.index} died"
                 immediate.append((cmd, error_reply(cmd, code, why)))
                 continue
             if cut and env_id in cut:
@@ -265,9 +274,28 @@ class WorkerPool:
             tracked.append((w, cmd.tag))
         if tracked:
             heapq.heappush(self._deadlines, (deadline + _EXPIRY_SLACK_S, next(self._seq), tracked))
+            if len(self._deadlines) > self._compact_at:
+                self._compact()
             self._schedule_flush()
         if immediate:
             sink(immediate)
+
+    def _compact(self) -> None:
+        """Drop the answered items from the deadline heap.
+
+        Entries stay in the heap until their deadline even when every item was answered long
+        before, so without pruning the heap holds (deadline x request rate) entries: tens of MB at
+        thousands of steps/s with a 60 s deadline. Pruning whenever it doubles keeps it within
+        twice the unanswered items, at amortised O(1) per request.
+        """
+        kept = []
+        for deadline, seq, tracked in self._deadlines:
+            live = [(w, tag) for w, tag in tracked if tag in w.pending]
+            if live:
+                kept.append((deadline, seq, live))
+        heapq.heapify(kept)
+        self._deadlines = kept
+        self._compact_at = max(_COMPACT_MIN, 2 * len(kept))
 
     def _cut_reply(self, cmd: Cmd, episode_id: int, step_index: int, why: str) -> Reply:
         self.env_pos[cmd.env_id] = (episode_id, step_index + 1, False)
@@ -383,11 +411,10 @@ class WorkerPool:
         self.cut[env_id] = (ep, st, why)
 
     async def _sweep(self) -> None:
-        heap = self._deadlines
         while True:
             now = time.monotonic()
-            while heap and heap[0][0] <= now:
-                _, _, tracked = heapq.heappop(heap)
+            while self._deadlines and self._deadlines[0][0] <= now:  # (_compact replaces the list)
+                _, _, tracked = heapq.heappop(self._deadlines)
                 by_sink: dict[Sink, list[tuple[Cmd, Reply]]] = {}
                 for w, tag in tracked:
                     entry = w.pending.pop(tag, None)
@@ -405,6 +432,7 @@ class WorkerPool:
                 for sink, pairs in by_sink.items():
                     sink(pairs)
             self._watchdog(now)
+            heap = self._deadlines
             wait = min(_SWEEP_MAX_S, heap[0][0] - now) if heap else _SWEEP_MAX_S
             await asyncio.sleep(max(wait, 0.001))
 
