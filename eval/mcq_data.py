@@ -81,6 +81,11 @@ def _text(value: Any, field: str, where: str) -> str:
         value = str(value)
     if not isinstance(value, str):
         raise DataError(f"{where}: field {field!r} must be text, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate from a "\ud800"-style escape
+        raise DataError(f"{where}: field {field!r} is not valid Unicode text "
+                        f"(lone surrogate {value[e.start]!r})") from None
     return value.strip()
 
 
@@ -165,25 +170,34 @@ def _neteval_row(row: Mapping[str, Any], where: str, default_id: str, source: st
 def load_neteval_jsonl(path: str | Path) -> list[MCQItem]:
     """NetEval-style JSONL (one question object per line; blank lines ignored)."""
     path = Path(path)
-    items = []
+    items, wheres = [], []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # split on "\n" only: str.splitlines() also breaks at U+2028, U+0085, ... which JSON
+        # strings may contain unescaped, and would shift every later line number
+        lines = path.read_bytes().split(b"\n")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    for n, line in enumerate(lines, start=1):
+    for n, raw in enumerate(lines, start=1):
+        where = f"{path}:{n}"
+        try:
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         if not line.strip():
             continue
-        where = f"{path}:{n}"
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        except (ValueError, RecursionError) as e:  # e.g. an integer of > 4300 digits, deep nesting
+            raise DataError(f"{where}: invalid JSON ({type(e).__name__}: {str(e)[:120]})") from None
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
         items.append(_neteval_row(row, where, f"{path.stem}-{n}", str(path)))
+        wheres.append(where)
     if not items:
         raise DataError(f"{path}: no questions found")
-    return _check_unique(items, path)
+    return _check_unique(items, path, wheres)
 
 
 def load_neteval_csv(path: str | Path) -> list[MCQItem]:
@@ -213,12 +227,14 @@ def load_neteval_csv(path: str | Path) -> list[MCQItem]:
     return _check_unique(items, path)
 
 
-def _check_unique(items: list[MCQItem], path: Path) -> list[MCQItem]:
-    seen: set[str] = set()
-    for it in items:
+def _check_unique(items: list[MCQItem], path: Path, wheres: list[str] | None = None) -> list[MCQItem]:
+    seen: dict[str, int] = {}
+    for i, it in enumerate(items):
         if it.id in seen:
-            raise DataError(f"{path}: duplicate question id {it.id!r}")
-        seen.add(it.id)
+            if wheres is None:
+                raise DataError(f"{path}: duplicate question id {it.id!r}")
+            raise DataError(f"{wheres[i]}: duplicate question id {it.id!r} (first at {wheres[seen[it.id]]})")
+        seen[it.id] = i
     return items
 
 

@@ -107,11 +107,31 @@ def parse_event(row: Any, path: str = "<row>", line: int = 0) -> FeedbackEvent:
     if eid is not None and (isinstance(eid, bool) or not isinstance(eid, str | int)):
         raise fail(f"field 'id' must be a string or an integer, got {eid!r}")
     ts = row.get("ts")
-    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts)):
-        raise fail(f"field 'ts' must be a finite number, got {ts!r}")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float) or not _finite(ts)):
+        raise fail(f"field 'ts' must be a finite number, got {str(ts)[:40]}")
+    try:  # the key hash and the store (UTF-8 JSON) need real Unicode text
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = next((k for k in row if _surrogate(k) or _surrogate(row[k])), "?")
+        raise fail(f"field {bad!r} is not valid Unicode text (lone surrogate {e.object[e.start]!r})") from None
     extra = tuple(sorted((k, v) for k, v in row.items() if k not in (*REQUIRED, "id", "ts")))
     return FeedbackEvent(query, tuple(ids), fb, None if eid is None else str(eid),
                          None if ts is None else float(ts), extra)
+
+
+def _finite(x: int | float) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _surrogate(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def parse_line(text: str, path: str = "<line>", line: int = 0) -> FeedbackEvent | None:
@@ -124,6 +144,8 @@ def parse_line(text: str, path: str = "<line>", line: int = 0) -> FeedbackEvent 
         raise FeedbackFormatError(path, line, f"not valid JSON ({e.msg} at column {e.colno})") from None
     except RecursionError:
         raise FeedbackFormatError(path, line, "JSON nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise FeedbackFormatError(path, line, f"not valid JSON ({str(e)[:120]})") from None
     return parse_event(row, path, line)
 
 
