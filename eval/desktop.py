@@ -19,6 +19,8 @@ from absl import app, flags
 
 flags.DEFINE_string("checkpoint", "", "Training workdir of the policy (empty: baselines only).")
 flags.DEFINE_enum("split", "heldout", ["train", "heldout"], "Task split.")
+flags.DEFINE_string("families", None, "Comma-separated families or apps (default: those the checkpoint was "
+                    "trained on, or every family of the split without a checkpoint; \"\" = all).")
 flags.DEFINE_integer("seeds", 4, "Tasks per family (different parameters each).")
 flags.DEFINE_list("policies", ["model", "random", "expert"], "Policies to evaluate.")
 flags.DEFINE_string("servers", "", "Comma-separated env servers (empty: start a local one).")
@@ -32,11 +34,12 @@ log = logging.getLogger("eval.desktop")
 EVAL_SEED = 3_000_000
 
 
-def suite(split: str, seeds: int):
-    from env_server.tasks.registry import families
+def suite(split: str, seeds: int, spec: str = ""):
+    """``seeds`` tasks of every selected family of ``split`` (``spec`` as ``--config.env.families``)."""
     from env_server.types import TaskRef
+    from jaxrl_desktop.trainer import select_families
 
-    return [TaskRef(fam, EVAL_SEED + s, split) for fam in families(split) for s in range(seeds)]
+    return [TaskRef(fam, EVAL_SEED + s, split) for fam in select_families(spec, split) for s in range(seeds)]
 
 
 def summarise(episodes: Sequence) -> dict:
@@ -99,7 +102,16 @@ def main(argv: list[str]) -> None:
 
     out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = suite(FLAGS.split, FLAGS.seeds)
+    spec = FLAGS.families
+    if spec is None and FLAGS.checkpoint and "model" in FLAGS.policies:
+        from jaxrl_desktop.policy_io import load_config
+
+        spec = load_config(FLAGS.checkpoint).env.families
+    try:
+        tasks = suite(FLAGS.split, FLAGS.seeds, spec or "")
+    except ValueError as e:
+        raise app.UsageError(f"--families: {e}") from None
+    log.info("%d tasks over %d families of the %s split", len(tasks), len({t.family for t in tasks}), FLAGS.split)
     policies = {}
     max_steps = FLAGS.max_steps or 6
     for name in FLAGS.policies:

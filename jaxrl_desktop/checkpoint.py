@@ -43,6 +43,10 @@ class Checkpointer:
         )
 
     def save(self, step: int, tree: PyTree, meta: dict) -> None:
+        """Save ``step``; a step saved before (e.g. a phase change that trained nothing) is replaced."""
+        if step in self.manager.all_steps():
+            self.manager.wait_until_finished()
+            self.manager.delete(step)
         flat, paths, _ = _flatten(tree)
         meta = {**meta, "_paths": paths}
         self.manager.save(step, args=ocp.args.Composite(arrays=ocp.args.StandardSave(flat),

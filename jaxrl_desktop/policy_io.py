@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,14 @@ class TrainedPolicy:
         return nnx.merge(self.graphdef, self.params)
 
 
+def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The training config a workdir was run with (its ``config.json``)."""
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{workdir} is not a training workdir: config.json is missing")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
 def load_trained_policy(workdir: str | Path, mesh: Mesh | None = None) -> TrainedPolicy:
     """The newest good checkpoint of a ``python -m jaxrl_desktop.train`` run, sharded onto ``mesh``."""
     from jaxrl_desktop.trainer import make_optimizer, model_config, restore_training
@@ -42,7 +51,7 @@ def load_trained_policy(workdir: str | Path, mesh: Mesh | None = None) -> Traine
     for need in ("config.json", "tokenizer.json", "checkpoints"):
         if not (workdir / need).exists():
             raise FileNotFoundError(f"{workdir} is not a training workdir: {need} is missing")
-    cfg = ml_collections.ConfigDict(__import__("json").loads((workdir / "config.json").read_text()))
+    cfg = load_config(workdir)
     tok = Tokenizer.load(workdir / "tokenizer.json")
     mesh = mesh or make_mesh(data=-1, fsdp=1, tensor=1)
     mcfg = model_config(cfg, bucket(tok.vocab_size, 128))

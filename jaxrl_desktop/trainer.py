@@ -282,20 +282,24 @@ class Trainer:
             self.peak = measure_matmul_peak(n=512) * len(self.mesh.devices.flat)
             log.info("measured matmul peak: %.1f GFLOP/s over the mesh", self.peak / 1e9)
 
-    def copy_examples(self, n: int) -> list[Example]:
-        """Synthetic copy drills (``<|user|> x1..xk <|action|> x1..xk <|eos|>`` over random ordinary
-        tokens). Mixed into behaviour cloning they teach the small policy to copy spans it has never
+    def copy_examples(self, n: int, max_prompt: int | None = None, stream: int = 21) -> list[Example]:
+        """Synthetic copy drills: ``<|user|> noise " x1..xk " noise <|action|>`` -> ``x1..xk <|eos|>``
+        over random ordinary tokens. They teach the small policy to copy a delimited span it has never
         seen (file names, subjects, held-out values) instead of recalling frequent training values."""
-        rng = np.random.default_rng([self.cfg.seed, 21])
-        specials = self.tok.special_ids
+        max_prompt = max_prompt or self.pcfg.max_prompt_tokens
+        rng = np.random.default_rng([self.cfg.seed, stream])
+        quote = self.tok.encode('"')[-1]
+        specials = self.tok.special_ids | {quote}
         ordinary = np.array([i for i in range(self.tok.vocab_size) if i not in specials])
         out = []
         for _ in range(n):
-            k = int(rng.integers(3, min(self.pcfg.max_action_tokens - 1, 24)))
+            k = int(rng.integers(1, min(self.pcfg.max_action_tokens - 1, 16)))
             span = [int(t) for t in rng.choice(ordinary, k)]
-            noise = [int(t) for t in rng.choice(ordinary, int(rng.integers(0, 12)))]
-            prompt = [self.tok.bos_id, self.encoder.user, *noise, *span, self.encoder.act]
-            out.append((prompt[: self.pcfg.max_prompt_tokens], [*span, self.tok.eos_id]))
+            room = max(0, max_prompt - k - 5)
+            before = [int(t) for t in rng.choice(ordinary, int(rng.integers(0, min(12, room) + 1)))]
+            after = [int(t) for t in rng.choice(ordinary, int(rng.integers(0, min(6, room - len(before)) + 1)))]
+            prompt = [self.tok.bos_id, self.encoder.user, *before, quote, *span, quote, *after, self.encoder.act]
+            out.append((prompt[-max_prompt:], [*span, self.tok.eos_id]))
         return out
 
     def encode_examples(self, episodes: Sequence[Episode]) -> list[Example]:
@@ -334,7 +338,8 @@ class Trainer:
             return None
         step, tree, meta = found
         self.state = tree["train"]
-        self.base_key = jax.random.wrap_key_data(tree["rng"])
+        # via host memory: an uncommitted key works under any mesh (a restored array sits on one device)
+        self.base_key = jax.random.wrap_key_data(np.asarray(tree["rng"]))
         self.ref_params = tree.get("ref")
         progress = meta["progress"]
         store = [(list(p), list(a)) for p, a in meta["store"]]
@@ -371,21 +376,22 @@ class Trainer:
             rec["mfu"] = tps * self.flops_per_token / self.peak
         return rec
 
-    def sft_batches(self, examples: Sequence[Example], batch: int, key: tuple[int, ...]) -> Iterator[dict]:
+    def sft_batches(self, examples: Sequence[Example], batch: int, key: tuple[int, ...],
+                    prompt_len: int | None = None) -> Iterator[dict]:
         """Endless shuffled fixed-size batches; epoch e's order is a function of ``key`` and e."""
+        prompt_len = prompt_len or self.pcfg.max_prompt_tokens
         epoch = 0
         while True:
             order = np.random.default_rng([*key, epoch]).permutation(len(examples))
             for lo in range(0, len(order) - batch + 1 if len(order) >= batch else 1, batch):
                 idx = order[lo:lo + batch]
                 yield pack_examples([examples[i][0] for i in idx], [examples[i][1] for i in idx],
-                                    self.pcfg.max_prompt_tokens, self.pcfg.max_action_tokens,
-                                    self.tok.pad_id, rows=batch)
+                                    prompt_len, self.pcfg.max_action_tokens, self.tok.pad_id, rows=batch)
             epoch += 1
 
     def run_sft(self, progress: dict, store: list[Example], examples: Sequence[Example], total: int,
-                batch: int, lr_fn, key: tuple[int, ...], bar) -> None:
-        it = self.sft_batches(examples, batch, key)
+                batch: int, lr_fn, key: tuple[int, ...], bar, prompt_len: int | None = None) -> None:
+        it = self.sft_batches(examples, batch, key, prompt_len)
         for _ in range(progress["phase_step"]):  # skip what the restored run already did
             next(it)
         log_every = self.cfg.bc.log_every
@@ -496,7 +502,8 @@ class Trainer:
         self.build(self.load_or_train_tokenizer(expert))
         restored = None if fresh else self.restore()
         if restored is None:
-            progress = {"phase": "bc", "phase_label": "bc", "phase_step": 0, "step": 0, "rl_phase": 0,
+            first = "copy" if cfg.bc.copy_warmup_steps > 0 else "bc"
+            progress = {"phase": first, "phase_label": first, "phase_step": 0, "step": 0, "rl_phase": 0,
                         "phase_log": []}
             store: list[Example] = []
             self.metrics.rewind(-1)
@@ -508,18 +515,18 @@ class Trainer:
         self._sync_policies()
 
         bc_examples: list[Example] = []
-        if progress["phase"] == "bc":
+        if progress["phase"] in ("copy", "bc"):
             expert = expert if expert is not None else self.expert_episodes()
             bc_examples = self.encode_examples(expert)
             n_copy = int(len(bc_examples) * cfg.bc.copy_fraction / max(1e-9, 1 - cfg.bc.copy_fraction))
             log.info("behaviour cloning on %d (observation, action) pairs + %d copy drills", len(bc_examples), n_copy)
             bc_examples += self.copy_examples(n_copy)
-        total = cfg.bc.steps + cfg.rl.phases * cfg.rl.iters + (cfg.rl.phases - 1) * cfg.entropulse.steps
+        total = cfg.bc.copy_warmup_steps + cfg.bc.steps + cfg.rl.phases * cfg.rl.iters + (cfg.rl.phases - 1) * cfg.entropulse.steps
         bar = tqdm(total=total, initial=min(progress["step"], total), disable=not cfg.log.progress,
                    desc="train", dynamic_ncols=True)
         self._stack.callback(bar.close)
 
-        if progress["step"] == 0 and progress["phase"] == "bc":
+        if progress["step"] == 0 and progress["phase"] in ("copy", "bc"):
             self.evaluate(RandomPolicy(cfg.seed), "random", 0)
             self.evaluate(self.greedy_policy, "init", 0)
 
@@ -532,7 +539,16 @@ class Trainer:
 
         while progress["phase"] != "done":
             phase = progress["phase"]
-            if phase == "bc":
+            if phase == "copy":
+                n, plen = cfg.bc.copy_warmup_steps, cfg.bc.copy_prompt_tokens
+                drills = self.copy_examples(n * cfg.bc.batch_size, plen, stream=22)
+                warm, peak = min(cfg.bc.warmup, n // 4), cfg.bc.lr
+                sched = optax.warmup_constant_schedule(0.0, peak, warm)
+                self.run_sft(progress, store, drills, n, cfg.bc.batch_size, lambda s, f=sched: float(f(s)),
+                             (cfg.seed, 10), bar, prompt_len=plen)
+                change("bc", "bc", f"copy warm-up finished its {n} steps")
+                self.save(progress, store)
+            elif phase == "bc":
                 warm, peak = min(cfg.bc.warmup, cfg.bc.steps // 4), cfg.bc.lr
                 sched = optax.warmup_cosine_decay_schedule(0.0, peak, warm, cfg.bc.steps, peak * 0.05)
                 self.run_sft(progress, store, bc_examples, cfg.bc.steps, cfg.bc.batch_size,

@@ -109,8 +109,10 @@ def test_checkpoint_restores_onto_another_mesh_and_skips_corrupt_steps(tmp_path,
     ck = Checkpointer(tmp_path / "ck", keep=3, async_save=True)
     ck.save(1, {"train": state}, {"progress": {"step": 1}})
     state2 = state.replace(step=state.step + 1)
-    ck.save(2, {"train": state2}, {"progress": {"step": 2}})
+    ck.save(2, {"train": state2}, {"progress": {"step": 2, "phase": "rl"}})
+    ck.save(2, {"train": state2}, {"progress": {"step": 2}})  # a phase change that trained nothing
     ck.wait()
+    assert ck.steps() == [1, 2]
     mesh_b = make_mesh(data=1, fsdp=4, tensor=1)
     abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.params)
     from jaxrl_desktop.sharding import train_state_shardings

@@ -372,7 +372,7 @@ def test_pistis_selector_without_cascade_module_is_a_clear_error(monkeypatch):
 
 # --------------------------------------------------------------------------- end to end
 def test_model_specs():
-    with pytest.raises(NotImplementedError, match=r"load_policy_checkpoint\(/nonexistent\)"):
+    with pytest.raises(FileNotFoundError, match="/nonexistent is not a training workdir"):
         load_policy_checkpoint("/nonexistent")
     with pytest.raises(ValueError, match="expected hf:<dir>"):
         load_model("tiny")
@@ -415,4 +415,4 @@ def test_cli_runs(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} >= {"results.json", "results.md", "results.png"}
     bad = subprocess.run([*cmd[:3], "--model=ckpt:/nonexistent", f"--out={tmp_path}"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "load_policy_checkpoint" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode != 0 and "not a training workdir" in bad.stderr and "Traceback" not in bad.stderr

@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "--config.bc.episodes=48", "--config.bc.steps=12", "--config.bc.log_every=4", "--config.bc.batch_size=16",
+    "--config.bc.copy_warmup_steps=4", "--config.bc.copy_prompt_tokens=24",
     "--config.rl.iters=3", "--config.rl.tasks_per_iter=4", "--config.rl.group_size=4", "--config.rl.minibatch=32",
     "--config.rl.kl_coef=0.05",
     "--config.entropulse.steps=6", "--config.entropulse.min_rl_iters=2", "--config.entropulse.batch_size=8",
@@ -25,6 +26,8 @@ TINY = [
     "--config.model.hidden_size=64", "--config.model.num_layers=2", "--config.model.head_dim=16",
     "--config.model.intermediate_size=128", "--config.tokenizer.vocab_size=512",
     "--config.prompt.max_prompt_tokens=96", "--config.env.workers=1",
+    # families where even an untrained policy sometimes succeeds, so Entropulse has rollouts to learn
+    "--config.env.families=files.delete_missing,mail.reply_missing,settings.font_out_of_range,settings.set_volume",
 ]
 # metrics that must be identical after a resume (not timings)
 DETERMINISTIC = ("kind", "phase", "loss", "entropy", "grad_norm", "rollout_success", "return", "clip_frac",
@@ -52,13 +55,14 @@ def _records(workdir):
 
 
 def _run_until(workdir, predicate, sig, timeout=600):
-    proc = subprocess.Popen(_cmd(workdir), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    log = Path(workdir).with_suffix(".stderr.log")
+    with open(log, "a") as err:
+        proc = subprocess.Popen(_cmd(workdir), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.time() + timeout
     try:
         while time.time() < deadline:
             if proc.poll() is not None:
-                raise AssertionError(f"the job ended before it could be killed:\n{proc.stderr.read()[-3000:]}")
+                raise AssertionError(f"the job ended before it could be killed:\n{log.read_text()[-3000:]}")
             if predicate():
                 proc.send_signal(sig)
                 proc.wait(60)
@@ -74,7 +78,8 @@ def _run_until(workdir, predicate, sig, timeout=600):
 def _ckpt_phase(workdir):
     """(phase label, step within the phase) of the newest finished checkpoint, or None."""
     ck = Path(workdir) / "checkpoints"
-    steps = sorted((int(p.name) for p in ck.glob("[0-9]*") if p.is_dir()), reverse=True) if ck.exists() else []
+    names = [p.name for p in ck.iterdir() if p.is_dir()] if ck.exists() else []
+    steps = sorted((int(n) for n in names if n.isdigit()), reverse=True)
     for s in steps:
         meta = ck / str(s) / "meta" / "metadata"
         if meta.exists():
@@ -93,12 +98,23 @@ def test_kill_and_resume_gives_identical_metrics(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     want = _records(ref)
     kinds = [r.get("kind") for r in want.values()]
-    assert kinds.count("phase_change") == 4  # bc->rl1->entropulse1->rl2->done
+    assert kinds.count("phase_change") == 5  # copy->bc->rl1->entropulse1->rl2->done
     reasons = [r["reason"] for r in want.values() if r.get("kind") == "phase_change"]
     assert any("RL iterations" in r or "entropy" in r for r in reasons)
     summary = json.loads((ref / "summary.json").read_text())
     assert {"random", "bc", "rl1", "entropulse1", "rl2"} <= summary.keys()
     assert (ref / "training.png").stat().st_size > 1000
+
+    # the trained checkpoint evaluates on the families it was trained on, next to the random baseline
+    out = tmp_path / "eval"
+    ev = subprocess.run([sys.executable, "-m", "eval.desktop", f"--checkpoint={ref}", "--seeds=1",
+                         "--policies=model,random", f"--out={out}"], cwd=ROOT, env=_env(), capture_output=True,
+                        text=True, timeout=600)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())["results"]
+    model = next(v for k, v in res.items() if k.startswith("model@"))
+    trained = set(json.loads((ref / "config.json").read_text())["env"]["families"].split(","))
+    assert set(model["by_family"]) == trained == set(res["random"]["by_family"])
 
     # SIGKILL once the RL phase has checkpointed, SIGTERM once Entropulse has, then finish
     _run_until(broken, lambda: (_ckpt_phase(broken) or ("", 0))[0] == "rl1" and _ckpt_phase(broken)[1] >= 1,
