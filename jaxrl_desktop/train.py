@@ -19,7 +19,53 @@ from absl import app, flags
 from ml_collections import config_flags
 
 _DEFAULT = str(Path(__file__).resolve().parents[1] / "configs" / "desktop_small.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Training config file.", lock_config=True)
+
+
+def _flag_error(err: Exception, argv: list[str]) -> flags.Error:
+    """An unknown ``--config.<key>`` (an AttributeError / KeyError from inside ml_collections) as a
+    :class:`flags.Error` naming the override."""
+    text = str(err).replace("\\n", " ").replace("\n", " ").replace("\\'", "'").strip("'\" ")
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    named = [a for a in overrides if a.rsplit(".", 1)[-1] in text] or overrides
+    return flags.Error(f"unknown config key in {', '.join(named)}: {text}")
+
+
+def define_config_flag(flag_values: flags.FlagValues = flags.FLAGS, argv: list[str] | None = None):
+    """``--config`` (a config file, ``lock_config``) with its ``--config.<key>=value`` overrides."""
+    argv = sys.argv if argv is None else argv
+    try:
+        return config_flags.DEFINE_config_file("config", _DEFAULT, "Training config file.", flag_values=flag_values,
+                                               lock_config=True, sys_argv=argv)
+    except (AttributeError, KeyError) as err:  # ml_collections applies overrides while defining the flag
+        raise _flag_error(err, argv) from None
+
+
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+    """Parse ``argv`` into ``flag_values`` with unknown config keys as :class:`flags.Error`."""
+    try:
+        return flag_values(argv)
+    except (AttributeError, KeyError) as err:
+        raise _flag_error(err, argv) from None
+
+
+def _fatal(err: flags.Error) -> None:
+    sys.stderr.write(f"FATAL Flags parsing error: {err}\nPass --helpshort or --helpfull to see help on flags.\n")
+    sys.exit(1)
+
+
+def _parse_or_exit(argv: list[str]) -> list[str]:
+    try:
+        return parse_flags(argv)
+    except flags.Error as err:
+        _fatal(err)
+
+
+try:
+    _CONFIG = define_config_flag()
+except flags.Error as _err:
+    if __name__ != "__main__":
+        raise
+    _fatal(_err)
 flags.DEFINE_bool("quiet", False, "Only warnings on the console (the progress bar stays).")
 
 
@@ -59,4 +105,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(main)
+    app.run(main, flags_parser=_parse_or_exit)
