@@ -16,9 +16,9 @@ import pytest
 from absl import flags
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ml_collections import config_flags
 
 from eval.mcq_data import LETTERS, DataError, load_neteval_jsonl
+from jaxrl_desktop import train
 from ranking.feedback import FEEDBACK_VALUES, FeedbackFormatError, FeedbackStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,13 +29,12 @@ FUZZ = settings(max_examples=80, deadline=None, derandomize=True,
 
 # ------------------------------------------------------------------------------ config overrides
 def parse_overrides(*overrides: str):
-    """Parse ``--config.<path>=<value>`` overrides the way ``jaxrl_desktop.train`` defines the flag
-    (same config file, ``lock_config=True``), in a private FlagValues."""
+    """Parse ``--config.<path>=<value>`` overrides with ``jaxrl_desktop.train``'s own flag definition
+    and parser, in a private FlagValues."""
     fv = flags.FlagValues()
     argv = ["train", f"--config={CONFIG}", *overrides]
-    config_flags.DEFINE_config_file("config", str(CONFIG), flag_values=fv, lock_config=True,
-                                    sys_argv=argv)
-    fv(argv)
+    train.define_config_flag(flag_values=fv, argv=argv)
+    train.parse_flags(argv, fv)
     return fv.config
 
 
@@ -107,18 +106,27 @@ def _typo(path: str, edit: int, pos: int) -> str:
     return ".".join([*parts[:-1], last])
 
 
-@pytest.mark.xfail(strict=True, raises=(AttributeError, KeyError), reason=(
-    "ml_collections raises AttributeError (a deep traceback from jaxrl_desktop/train.py) for an "
-    "unknown config key; train.py is outside issue 5's paths -- fix proposed in the issue-5 note"))
-@settings(FUZZ, report_multiple_bugs=False)
+@FUZZ
 @given(path=st.sampled_from(sorted(LEAVES)), edit=st.integers(0, 2), pos=st.integers(0, 50))
-def test_unknown_key_is_a_flag_error_naming_the_key(path, edit, pos):
+def test_unknown_key_is_a_flag_error_naming_the_override(path, edit, pos):
     wrong = _typo(path, edit, pos)
-    if wrong in LEAVES or not wrong.split(".")[-1]:
+    if wrong in LEAVES or not wrong.split(".")[-1] or wrong.split(".")[-1][0].isdigit():
         return
     with pytest.raises(flags.Error) as err:
         parse_overrides(f"--config.{wrong}=1")
-    assert wrong in str(err.value)
+    assert f"--config.{wrong}" in str(err.value)
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
+    "a malformed override path (empty or numeric component) escapes as ValueError('Could not parse "
+    "...') from ml_collections: jaxrl_desktop/train.py's define_config_flag/parse_flags catch only "
+    "AttributeError/KeyError (value errors are already flags errors there, so ValueError can be "
+    "caught too); drop this marker once they do"))
+@pytest.mark.parametrize("override", ["--config.optim.2=1", "--config.=3", "--config.rl..lr=1"])
+def test_malformed_override_path_is_a_flag_error(override):
+    with pytest.raises(flags.Error) as err:
+        parse_overrides(override)
+    assert override.split("=")[0] in str(err.value)
 
 
 def _train_cli(*args: str) -> subprocess.CompletedProcess:
@@ -139,11 +147,12 @@ def test_train_cli_rejects_a_wrongly_typed_override_in_one_line(override, fragme
     assert f"FATAL Flags parsing error: flag {override}: " in proc.stderr and fragment in proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="unknown config keys end in a traceback (see above)")
-def test_train_cli_rejects_an_unknown_key_in_one_line():
-    proc = _train_cli("--config.rl.group_sise=8")
+@pytest.mark.parametrize("override", ["--config.rl.group_sise=8", "--config.nope=1"])
+def test_train_cli_rejects_an_unknown_key_in_one_line(override):
+    proc = _train_cli(override)
     assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr and "group_sise" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr[-300:]
+    assert f"FATAL Flags parsing error: unknown config key in {override.split('=')[0]}" in proc.stderr
 
 
 # ------------------------------------------------------------------------------ NetEval JSONL
