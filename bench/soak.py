@@ -1,6 +1,6 @@
 """Soak: 1,000 sim envs over gRPC from several client processes, with exact accounting.
 
-    python bench/soak.py                      # 1000 envs, 4 clients, 40 steps per env
+    python bench/soak.py                      # 1000 envs, 4 clients, 80 steps per env (= tests/test_soak.py)
     python bench/soak.py --envs 200 --steps 20 --clients 2
 
 Starts ``python -m env_server.serve`` (sim backend) on a free 127.0.0.1 port, runs the load
@@ -25,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--envs", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=40, help="steps per env")
+    parser.add_argument("--steps", type=int, default=80, help="steps per env")
     parser.add_argument("--workers", type=int, default=psutil.cpu_count() or 2)
     parser.add_argument("--backend", default="sim")
     args = parser.parse_args()
