@@ -27,7 +27,8 @@ def _flag_error(err: Exception, argv: list[str]) -> flags.Error:
     text = str(err).replace("\\n", " ").replace("\n", " ").replace("\\'", "'").strip("'\" ")
     overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
     named = [a for a in overrides if a.rsplit(".", 1)[-1] in text] or overrides
-    return flags.Error(f"unknown config key in {', '.join(named)}: {text}")
+    kind = "unknown config key" if isinstance(err, (AttributeError, KeyError)) else "bad config override"
+    return flags.Error(f"{kind} in {', '.join(named) or 'the command line'}: {text}")
 
 
 def define_config_flag(flag_values: flags.FlagValues = flags.FLAGS, argv: list[str] | None = None):
@@ -36,7 +37,7 @@ def define_config_flag(flag_values: flags.FlagValues = flags.FLAGS, argv: list[s
     try:
         return config_flags.DEFINE_config_file("config", _DEFAULT, "Training config file.", flag_values=flag_values,
                                                lock_config=True, sys_argv=argv)
-    except (AttributeError, KeyError) as err:  # ml_collections applies overrides while defining the flag
+    except (AttributeError, KeyError, ValueError) as err:  # ml_collections applies overrides here
         raise _flag_error(err, argv) from None
 
 
@@ -44,7 +45,7 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     """Parse ``argv`` into ``flag_values`` with unknown config keys as :class:`flags.Error`."""
     try:
         return flag_values(argv)
-    except (AttributeError, KeyError) as err:
+    except (AttributeError, KeyError, ValueError) as err:
         raise _flag_error(err, argv) from None
 
 

@@ -117,11 +117,6 @@ def test_unknown_key_is_a_flag_error_naming_the_override(path, edit, pos):
     assert f"--config.{wrong}" in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "a malformed override path (empty or numeric component) escapes as ValueError('Could not parse "
-    "...') from ml_collections: jaxrl_desktop/train.py's define_config_flag/parse_flags catch only "
-    "AttributeError/KeyError (value errors are already flags errors there, so ValueError can be "
-    "caught too); drop this marker once they do"))
 @pytest.mark.parametrize("override", ["--config.optim.2=1", "--config.=3", "--config.rl..lr=1"])
 def test_malformed_override_path_is_a_flag_error(override):
     with pytest.raises(flags.Error) as err:
