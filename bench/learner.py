@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--envs", type=int, default=32)
     args = ap.parse_args()
 
-    from jaxrl_desktop.flops import flops_per_token, measure_matmul_peak
+    from jaxrl_desktop.flops import flops_per_token, measure_matmul_peak, measure_mesh_matmul_peak
     from jaxrl_desktop.mesh import make_mesh
     from jaxrl_desktop.model_configs import get_config
     from jaxrl_desktop.models.decoder import Decoder, make_lm_loss
@@ -53,9 +53,11 @@ def main() -> None:
 
     cfg = get_config(args.model, vocab_size=args.vocab)
     mesh = make_mesh(data=2, fsdp=2, tensor=1)
-    peak = measure_matmul_peak(n=1024) * len(jax.devices())
+    peak = measure_mesh_matmul_peak(mesh, n=1024)
+    one = measure_matmul_peak(n=1024)
     print(f"devices: {len(jax.devices())} CPU (mesh {dict(mesh.shape)}); measured jit f32 matmul peak "
-          f"{peak / 1e9:.1f} GFLOP/s over all devices")
+          f"{peak / 1e9:.1f} GFLOP/s with every device multiplying at once (one device alone: {one / 1e9:.1f}; "
+          f"simulated devices share the {__import__('os').cpu_count()} cores)")
 
     # ------------------------------------------------------------------ train step MFU
     opt = optax.adamw(1e-3)

@@ -34,7 +34,7 @@ from env_server.sim import SIM_SCHEMA
 from env_server.types import TaskRef
 from jaxrl_desktop.batches import pack_examples, per_token
 from jaxrl_desktop.checkpoint import Checkpointer, CheckpointError
-from jaxrl_desktop.flops import flops_per_token, measure_matmul_peak
+from jaxrl_desktop.flops import flops_per_token, measure_mesh_matmul_peak
 from jaxrl_desktop.grammar_mask import build_action_grammar
 from jaxrl_desktop.mesh import make_mesh
 from jaxrl_desktop.metrics import MetricsLogger, plot_training, read_metrics
@@ -279,7 +279,7 @@ class Trainer:
         self.flops_per_token = flops_per_token(self.model_cfg, seq, training=True)
         self.peak = None
         if cfg.log.measure_peak:
-            self.peak = measure_matmul_peak(n=512) * len(self.mesh.devices.flat)
+            self.peak = measure_mesh_matmul_peak(self.mesh, n=512)
             log.info("measured matmul peak: %.1f GFLOP/s over the mesh", self.peak / 1e9)
 
     def copy_examples(self, n: int, max_prompt: int | None = None, stream: int = 21) -> list[Example]:

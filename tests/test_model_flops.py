@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -39,3 +41,17 @@ def test_measured_peak_is_plausible():
     peak = measure_matmul_peak(n=512, repeats=3)
     assert 1e8 < peak < 1e14
     assert measure_matmul_peak(n=512, repeats=3) == peak  # cached
+
+
+def test_mesh_peak_counts_shared_cores_once():
+    """Simulated CPU devices share the host's cores: the mesh-wide peak must not be the one-device
+    peak times the device count (that overstates it and understates MFU)."""
+    from jaxrl_desktop.flops import measure_mesh_matmul_peak
+    from jaxrl_desktop.mesh import make_mesh
+
+    mesh = make_mesh(data=len(jax.devices()), fsdp=1, tensor=1)
+    peak = measure_mesh_matmul_peak(mesh, n=256, repeats=3)
+    one = measure_matmul_peak(n=256, repeats=3)
+    assert 1e8 < peak < 1e14
+    if len(jax.devices()) >= 4 * (os.cpu_count() or 1):  # many more devices than cores
+        assert peak < 0.75 * one * len(jax.devices())
