@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -134,22 +132,4 @@ def test_top_p_filter():
     np.testing.assert_array_equal(kept, [[True, True, False, False]])
     assert np.isfinite(np.asarray(top_p_filter(logits, 1.0))).all()
 
-
-@pytest.mark.slow
-def test_cache_is_much_faster_than_recompute():
-    """``small`` preset, batch 4, 256-token prompts, 64 new tokens: the KV cache must win by >= 5x."""
-    cfg = get_config("small")
-    model = Decoder(cfg, rngs=nnx.Rngs(0))
-    prompts = jax.random.randint(jax.random.key(0), (4, 256), 3, cfg.vocab_size)
-    mask = jnp.ones_like(prompts, bool)
-    scfg = SamplingConfig(max_new_tokens=64, greedy=True, eos_id=-1)
-    times = {}
-    for fn in (sample, sample_no_cache):
-        fn(model, prompts, mask, jax.random.key(0), scfg).tokens.block_until_ready()
-        t0 = time.perf_counter()
-        out = fn(model, prompts, mask, jax.random.key(0), scfg)
-        out.tokens.block_until_ready()
-        times[fn.__name__] = time.perf_counter() - t0
-    ratio = times["sample_no_cache"] / times["sample"]
-    print(f"cache {times['sample']:.3f}s, recompute {times['sample_no_cache']:.3f}s, ratio {ratio:.1f}x")
-    assert ratio >= 5.0
+# Speed (KV cache vs recomputation, goal >= 5x) is measured by bench/learner.py, not asserted here.
