@@ -83,42 +83,73 @@ def read_metrics(path: str | Path) -> list[dict]:
     return out
 
 
+def _phase_spans(records: list[dict]) -> list[tuple[str, float, float]]:
+    """(phase label, first step, last step) from the train records, split at logged phase changes."""
+    changes = {(r["step"], r["to"]) for r in records if r.get("kind") == "phase_change"}
+    spans: list[tuple[str, float, float]] = []
+    for r in records:
+        if r.get("kind") != "train":
+            continue
+        phase = r.get("phase", "")
+        if spans and spans[-1][0] == phase:
+            spans[-1] = (phase, spans[-1][1], r["step"])
+        else:
+            start = next((s for s, to in changes if to == phase and s < r["step"]), r["step"] - 1)
+            spans.append((phase, start, r["step"]))
+    return spans
+
+
 def plot_training(records: list[dict], out: str | Path) -> Path:
-    """Success rate (rollouts and held-out evals) and entropy over training, phases shaded."""
+    """Success rate (rollouts and held-out evals) and entropy over training, phases shaded. When RL
+    phases exist, a right-hand column zooms in on them (they are short next to behaviour cloning)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
     rl = [r for r in train if "rollout_success" in r]
-    ax1.plot([r["step"] for r in rl], [r["rollout_success"] for r in rl], ".", alpha=0.4,
-             label="train rollouts")
-    for split, style in (("heldout", "o-"), ("train", "s--")):
-        pts = [r for r in evals if f"{split}_success" in r]
-        ax1.plot([r["step"] for r in pts], [r[f"{split}_success"] for r in pts], style, label=f"{split} eval")
-    ax1.set_ylabel("success rate")
-    ax1.set_ylim(-0.02, 1.02)
-    ax1.legend(loc="upper left", fontsize=8)
     ent = [r for r in train if "entropy" in r]
-    ax2.plot([r["step"] for r in ent], [r["entropy"] for r in ent], "-", color="tab:purple")
-    ax2.set_ylabel("action-token entropy")
-    ax2.set_xlabel("update step")
-    colors = {"bc": "tab:gray", "rl": "tab:blue", "entropulse": "tab:orange"}
-    spans: list[tuple[str, int, int]] = []
-    for r in train:
-        phase = r.get("phase", "")
-        if spans and spans[-1][0] == phase:
-            spans[-1] = (phase, spans[-1][1], r["step"])
+    spans = _phase_spans(records)
+    zoom = rl[0]["step"] - 2 if rl else None
+    cols = 2 if zoom is not None else 1
+    fig, axes = plt.subplots(2, cols, figsize=(9 if cols == 1 else 13, 6), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.4, 1] if cols == 2 else [1]})
+    colors = {"copy": "tab:green", "bc": "tab:gray", "rl": "tab:blue", "entropulse": "tab:orange"}
+    for c in range(cols):
+        lo_x = zoom if c == 1 else None
+
+        def keep(st: float, lo: float | None = lo_x) -> bool:
+            return lo is None or st >= lo
+
+        ax1, ax2 = axes[0][c], axes[1][c]
+        pts = [r for r in rl if keep(r["step"])]
+        ax1.plot([r["step"] for r in pts], [r["rollout_success"] for r in pts], ".", alpha=0.5,
+                 label="train rollouts")
+        for split, style in (("heldout", "o-"), ("train", "s--")):
+            pts = [r for r in evals if f"{split}_success" in r and keep(r["step"])]
+            ax1.plot([r["step"] for r in pts], [r[f"{split}_success"] for r in pts], style, label=f"{split} eval")
+        ax1.set_ylim(-0.02, 1.08)
+        pts = [r for r in ent if keep(r["step"])]
+        ax2.plot([r["step"] for r in pts], [r["entropy"] for r in pts], ".-" if c == 1 else "-",
+                 color="tab:purple")
+        ax2.set_xlabel("update step")
+        if c == 1:
+            ax2.set_yscale("log")
+            ax1.set_title("RL and Entropulse (zoomed)", fontsize=9)
         else:
-            spans.append((phase, r["step"], r["step"]))
-    for phase, lo, hi in spans:
-        base = phase.rstrip("0123456789")
-        for ax in (ax1, ax2):
-            ax.axvspan(lo - 0.5, hi + 0.5, color=colors.get(base, "white"), alpha=0.12)
-        ax1.text((lo + hi) / 2, 1.0, phase, ha="center", va="top", fontsize=8)
+            ax1.set_ylabel("success rate")
+            ax2.set_ylabel("action-token entropy")
+            ax1.legend(loc="center left", fontsize=8)
+        for phase, lo, hi in spans:
+            if c == 1 and hi < zoom:
+                continue
+            base = phase.rstrip("0123456789")
+            for ax in (ax1, ax2):
+                ax.axvspan(max(lo, zoom) if c == 1 else lo, hi, color=colors.get(base, "white"), alpha=0.15)
+            x = max(lo, zoom) if c == 1 else (lo + hi) / 2
+            ax1.text(x, 1.06, phase, ha="left" if c == 1 else "center", va="top", fontsize=7)
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=110)
