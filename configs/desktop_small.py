@@ -37,7 +37,11 @@ def get_config() -> ConfigDict:
             "settings.set_volume", "settings.theme_font", "settings.device_setup",
             "settings.font_out_of_range", "mail.send_note", "mail.reply", "mail.reply_missing",
         ]),
-        workers=2, token="", max_episode_steps=6, timeout_s=120.0,
+        workers=2, token="", max_episode_steps=6,
+        timeout_s=120.0,  # deadline of each env step / reset (a hung env is cut, its episode left out)
+        # the embedded server's backend, its keyword arguments (JSON) and modules (dotted names or .py
+        # paths) that register more backends (fault-injection tests use one)
+        backend="sim", backend_kwargs="{}", backend_modules="",
     ))
 
     c.optim = ConfigDict(dict(weight_decay=0.01, clip_norm=1.0, b2=0.98))

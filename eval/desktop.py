@@ -24,6 +24,9 @@ flags.DEFINE_string("families", None, "Comma-separated families or apps (default
 flags.DEFINE_integer("seeds", 4, "Tasks per family (different parameters each).")
 flags.DEFINE_list("policies", ["model", "random", "expert"], "Policies to evaluate.")
 flags.DEFINE_string("servers", "", "Comma-separated env servers (empty: start a local one).")
+flags.DEFINE_enum("backend", "sim", ["sim", "x11"], "Desktop backend (of the local server; the task families "
+                  "are that backend's: x11 = real apps on Xvfb, see docs/x11_backend.md).")
+flags.DEFINE_integer("workers", 2, "Worker processes of the local server.")
 flags.DEFINE_integer("max_steps", 0, "Policy step cap (0: the checkpoint's config, else 6).")
 flags.DEFINE_bool("grammar_mask", True, "Constrain the model's actions to the action grammar.")
 flags.DEFINE_integer("gallery", 4, "Episodes of the model (or first policy) in the HTML gallery.")
@@ -34,22 +37,29 @@ log = logging.getLogger("eval.desktop")
 EVAL_SEED = 3_000_000
 
 
-def suite(split: str, seeds: int, spec: str = ""):
+def suite(split: str, seeds: int, spec: str = "", backend: str = "sim"):
     """``seeds`` tasks of every selected family of ``split`` (``spec`` as ``--config.env.families``)."""
     from env_server.types import TaskRef
     from jaxrl_desktop.trainer import select_families
 
-    return [TaskRef(fam, EVAL_SEED + s, split) for fam in select_families(spec, split) for s in range(seeds)]
+    return [TaskRef(fam, EVAL_SEED + s, split) for fam in select_families(spec, split, backend)
+            for s in range(seeds)]
 
 
 def summarise(episodes: Sequence) -> dict:
-    """Per family / per app / overall: episodes, success, invalid-action rate, steps per success."""
+    """Per family / per app / overall: episodes, success, invalid-action rate, steps per success (over
+    the episodes no env fault cut; those are counted as ``aborted``)."""
     from env_server.tasks.registry import HELDOUT_FAMILIES, family
+    from env_server.x11.tasks import HELDOUT_FAMILIES as X11_HELDOUT
+
+    held_out = HELDOUT_FAMILIES | X11_HELDOUT
 
     def stats(eps):
+        cut = [e for e in eps if e.aborted]  # env faults: they measure the env, not the policy
+        eps = [e for e in eps if not e.aborted]
         steps = [s for e in eps for s in e.steps]
         wins = [e for e in eps if e.success]
-        return {"episodes": len(eps), "success": sum(e.success for e in eps) / max(len(eps), 1),
+        return {"episodes": len(eps), "aborted": len(cut), "success": sum(e.success for e in eps) / max(len(eps), 1),
                 "invalid_rate": sum(not s.parsed for s in steps) / max(len(steps), 1),
                 "steps_per_success": (sum(len(e.steps) for e in wins) / len(wins)) if wins else None}
 
@@ -59,7 +69,7 @@ def summarise(episodes: Sequence) -> dict:
         by_app[family(e.task.family).apps[0]].append(e)
     return {"overall": stats(episodes),
             "by_app": {k: stats(v) for k, v in sorted(by_app.items())},
-            "by_family": {k: {**stats(v), "heldout_family": k in HELDOUT_FAMILIES} for k, v in sorted(by_fam.items())}}
+            "by_family": {k: {**stats(v), "heldout_family": k in held_out} for k, v in sorted(by_fam.items())}}
 
 
 def markdown(results: dict) -> str:
@@ -103,12 +113,12 @@ def main(argv: list[str]) -> None:
     out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
     spec = FLAGS.families
-    if spec is None and FLAGS.checkpoint and "model" in FLAGS.policies:
+    if spec is None and FLAGS.checkpoint and "model" in FLAGS.policies and FLAGS.backend == "sim":
         from jaxrl_desktop.policy_io import load_config
 
         spec = load_config(FLAGS.checkpoint).env.families
     try:
-        tasks = suite(FLAGS.split, FLAGS.seeds, spec or "")
+        tasks = suite(FLAGS.split, FLAGS.seeds, spec or "", FLAGS.backend)
     except ValueError as e:
         raise app.UsageError(f"--families: {e}") from None
     log.info("%d tasks over %d families of the %s split", len(tasks), len({t.family for t in tasks}), FLAGS.split)
@@ -122,6 +132,7 @@ def main(argv: list[str]) -> None:
             import jax
 
             from env_server.sim import SIM_SCHEMA
+            from env_server.x11 import X11_SCHEMA
             from jaxrl_desktop.grammar_mask import build_action_grammar
             from jaxrl_desktop.mesh import make_mesh
             from jaxrl_desktop.policy import ModelPolicy, bucket
@@ -131,7 +142,8 @@ def main(argv: list[str]) -> None:
             mesh = make_mesh(data=-1, fsdp=1, tensor=1)
             tp = load_trained_policy(FLAGS.checkpoint, mesh)
             tok = tp.tokenizer
-            grammar = (build_action_grammar(SIM_SCHEMA, tok.token_bytes(), tok.eos_id, bucket(tok.vocab_size, 128))
+            schema = X11_SCHEMA if FLAGS.backend == "x11" else SIM_SCHEMA
+            grammar = (build_action_grammar(schema, tok.token_bytes(), tok.eos_id, bucket(tok.vocab_size, 128))
                        if FLAGS.grammar_mask else None)
             pol = ModelPolicy(tp.graphdef, tp.params, tp.encoder, mesh,
                               SamplingConfig(max_new_tokens=tp.encoder.cfg.max_action_tokens, greedy=True,
@@ -149,7 +161,7 @@ def main(argv: list[str]) -> None:
     with ExitStack() as stack:
         servers = [s for s in FLAGS.servers.split(",") if s]
         if not servers:
-            srv = stack.enter_context(ServerThread(ServerConfig(workers=2)).start())
+            srv = stack.enter_context(ServerThread(ServerConfig(backend=FLAGS.backend, workers=FLAGS.workers)).start())
             servers = [srv.address]
         client = stack.enter_context(BatchedClient(servers[0]) if len(servers) == 1 else FleetClient(servers))
         ids = client.create(min(len(tasks), 128))

@@ -63,6 +63,10 @@ class Episode:
     steps: list[Step] = field(default_factory=list)
     reward: float = 0.0
     finished: bool = False  # the env ended the episode (done/fail/out of steps)
+    # non-empty when an env fault cut the episode (worker crash, hung step, lost server): the status
+    # code name and message. Such an episode says nothing about the policy: learners drop it.
+    aborted: str = ""
+    abort_code: str = ""
 
     @property
     def success(self) -> bool:
@@ -82,12 +86,13 @@ class EnvClient(Protocol):
     def step(self, env_ids: Sequence[int], actions: Sequence[str], **kw) -> list[StepResult]: ...
 
 
-def _check(results: Sequence[StepResult], what: str) -> None:
-    bad = [r for r in results if not r.ok]
+def _check_request(results: Sequence[StepResult], what: str) -> None:
+    """Raise if the server rejected a whole request (wrong token, malformed request, server gone
+    without a fleet to fail over to): that is not an env fault an episode can absorb."""
+    bad = [r for r in results if r.request_error]
     if bad:
         r = bad[0]
-        raise RuntimeError(f"env server {what} failed for {len(bad)} env(s); first: env {r.env_id}: "
-                           f"{r.code.name}: {r.message}")
+        raise RuntimeError(f"env server rejected the {what} request: {r.code.name}: {r.message}")
 
 
 def run_episodes(
@@ -100,28 +105,37 @@ def run_episodes(
     """Run one episode of ``tasks[i]`` on ``env_ids[i]`` for every i, all envs in lockstep.
 
     ``max_steps`` caps the policy's steps (the env's own step limit applies too); an episode cut by
-    the cap counts as unsuccessful.
+    the cap counts as unsuccessful. An env fault on one env (its worker killed, a step past its
+    deadline, its server lost: any non-OK item) ends that episode with :attr:`Episode.aborted` set;
+    the other envs go on.
     """
     if len(tasks) > len(env_ids):
         raise ValueError(f"{len(tasks)} tasks but only {len(env_ids)} envs")
     ids = list(env_ids[: len(tasks)])
     results = client.reset(ids, list(tasks))
-    _check(results, "reset")
-    episodes, views = [], {}
+    _check_request(results, "reset")
+    episodes, views, live = [], {}, []
     for env_id, task, r in zip(ids, tasks, results, strict=True):
         obs = r.observation
-        ep = Episode(task=task, instruction=obs.instruction, env_id=env_id, episode_id=r.episode_id)
+        ep = Episode(task=task, instruction=obs.instruction if obs else "", env_id=env_id,
+                     episode_id=r.episode_id)
         episodes.append(ep)
+        if not r.ok:
+            ep.aborted, ep.abort_code = f"reset: {r.code.name}: {r.message}", r.code.name
+            continue
         views[env_id] = StepView(task, obs.instruction, obs.a11y, [], "", obs)
+        live.append(env_id)
     by_env = dict(zip(ids, episodes, strict=True))
-    live = list(ids)
     while live:
         choices = policy.act([views[e] for e in live])
         results = client.step(live, [c.text for c in choices])
-        _check(results, "step")
+        _check_request(results, "step")
         still = []
         for env_id, choice, r in zip(live, choices, results, strict=True):
             ep, obs = by_env[env_id], r.observation
+            if not r.ok:
+                ep.aborted, ep.abort_code = f"step {len(ep.steps)}: {r.code.name}: {r.message}", r.code.name
+                continue
             parsed = not obs.error or "action" in obs.info  # the sim reports the parsed form
             seen = views[env_id]
             ep.steps.append(Step(seen, choice, obs.error, r.step_index, parsed))
@@ -167,10 +181,17 @@ class RandomPolicy:
         return [Choice(random_action(self.rng, v.obs)) for v in views]
 
 
+def completed(episodes: Sequence[Episode]) -> list[Episode]:
+    """The episodes no env fault cut short (the ones that measure the policy)."""
+    return [e for e in episodes if not e.aborted]
+
+
 def success_rate(episodes: Sequence[Episode]) -> float:
-    return float(np.mean([e.success for e in episodes])) if episodes else 0.0
+    """Success over the episodes no env fault cut short."""
+    done = completed(episodes)
+    return float(np.mean([e.success for e in done])) if done else 0.0
 
 
 def invalid_rate(episodes: Sequence[Episode]) -> float:
-    steps = [s for e in episodes for s in e.steps]
+    steps = [s for e in completed(episodes) for s in e.steps]
     return float(np.mean([not s.parsed for s in steps])) if steps else 0.0

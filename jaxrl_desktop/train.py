@@ -90,7 +90,12 @@ def main(argv: list[str]) -> int:
     for noisy in ("absl", "jax._src", "orbax", "grpc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     configure_devices(cfg.num_cpu_devices)
-    from jaxrl_desktop.trainer import Trainer
+    from jaxrl_desktop.trainer import Trainer, validate_config
+
+    try:
+        validate_config(cfg)
+    except ValueError as err:
+        raise app.UsageError(str(err)) from None
 
     with Trainer(cfg) as trainer:
         summary = trainer.run()

@@ -16,6 +16,7 @@ so a run resumed from a checkpoint logs the same next metrics as an uninterrupte
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -47,6 +48,7 @@ from jaxrl_desktop.rollout import (
     Episode,
     ExpertPolicy,
     RandomPolicy,
+    completed,
     invalid_rate,
     run_episodes,
     success_rate,
@@ -100,19 +102,45 @@ def task_seeds(*key: int, n: int) -> list[int]:
     return [int(s) for s in np.random.default_rng(list(key)).integers(0, 2**31 - 1, n)]
 
 
-def select_families(spec: str, split: str) -> list[str]:
+def select_families(spec: str, split: str, backend: str = "sim") -> list[str]:
     """Families of ``split`` named by ``spec``: "" = all, else comma-separated family names or app
-    names (``files`` selects every ``files.*`` family)."""
-    from env_server.tasks.registry import FAMILIES, families
+    names (``files`` selects every ``files.*`` family). ``backend="x11"`` selects among the
+    real-desktop families (``x11.*``; ``x11.files`` or ``files`` select their file tasks)."""
+    if backend == "x11":
+        from env_server.x11.tasks import FAMILIES, families
+    elif backend == "sim":
+        from env_server.tasks.registry import FAMILIES, families
+    else:
+        raise ValueError(f"unknown backend {backend!r}; task families exist for 'sim' and 'x11'")
 
     names = families(split)
     if not spec.strip():
         return names
+
+    def matches(name: str, want: str) -> bool:
+        return name == want or name.startswith(want + ".") or name.removeprefix("x11.").startswith(want + ".")
+
     wanted = [w.strip() for w in spec.split(",") if w.strip()]
-    unknown = [w for w in wanted if w not in FAMILIES and not any(n.startswith(w + ".") for n in FAMILIES)]
+    unknown = [w for w in wanted if not any(matches(n, w) for n in FAMILIES)]
     if unknown:
-        raise ValueError(f"env.families: unknown family or app {unknown}; see `python -m env_server.tasks`")
-    return [n for n in names if n in wanted or n.split(".")[0] in wanted]
+        raise ValueError(f"env.families: unknown family or app {unknown} for the {backend} backend; "
+                         "see `python -m env_server.tasks`")
+    return [n for n in names if any(matches(n, w) for w in wanted)]
+
+
+def validate_config(cfg: ConfigDict) -> None:
+    """Raise ValueError naming the first config value the job cannot run with (before any work)."""
+    e = cfg.env
+    try:
+        kwargs = json.loads(e.backend_kwargs)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"env.backend_kwargs is not JSON ({err}): {e.backend_kwargs!r}") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"env.backend_kwargs must be a JSON object, got {e.backend_kwargs!r}")
+    select_families(e.families, "train")
+    select_families(e.families, "heldout")
+    if cfg.rl.group_size < 2:
+        raise ValueError(f"rl.group_size must be at least 2 (GRPO compares rollouts), got {cfg.rl.group_size}")
 
 
 def make_tasks(spec: str, split: str, seeds: Sequence[int]) -> list[TaskRef]:
@@ -190,13 +218,15 @@ class Trainer:
         if not servers:
             from env_server.server import ServerConfig, ServerThread
 
-            server = ServerThread(ServerConfig(workers=e.workers, token=e.token or None)).start()
+            modules = tuple(m.strip() for m in e.backend_modules.split(",") if m.strip())
+            server = ServerThread(ServerConfig(
+                workers=e.workers, token=e.token or None, backend=e.backend,
+                backend_kwargs=json.loads(e.backend_kwargs), backend_modules=modules)).start()
             self._stack.callback(server.stop)
             servers = [server.address]
             log.info("started an embedded env server at %s with %d workers", server.address, e.workers)
-        if len(servers) == 1:
             self.client = BatchedClient(servers[0], **kw)
-        else:
+        else:  # remote servers may die or restart: the fleet client fails over and reconnects
             self.client = FleetClient(servers, **kw)
         self._stack.enter_context(self.client)
         n = max(self.cfg.rl.tasks_per_iter * self.cfg.rl.group_size, self.cfg.eval.episodes,
@@ -205,11 +235,24 @@ class Trainer:
         log.info("created %d envs on %s", n, ", ".join(servers))
 
     def episodes(self, tasks: Sequence[TaskRef], policy, max_steps: int | None = None) -> list[Episode]:
+        """One episode per task. Env faults do not stop training: an episode cut by one comes back
+        with ``aborted`` set (callers leave it out), and an env the server no longer has is
+        replaced by a new one."""
         out: list[Episode] = []
         n = len(self.env_ids)
         for lo in range(0, len(tasks), n):
-            out += run_episodes(self.client, self.env_ids, tasks[lo:lo + n], policy,
-                                max_steps or self.cfg.env.max_episode_steps)
+            eps = run_episodes(self.client, self.env_ids, tasks[lo:lo + n], policy,
+                               max_steps or self.cfg.env.max_episode_steps)
+            out += eps
+            gone = [e.env_id for e in eps if e.abort_code == "NOT_FOUND"]
+            if gone:
+                fresh = iter(self.client.create(len(gone)))
+                self.env_ids = [next(fresh) if i in gone else i for i in self.env_ids]
+                log.warning("replaced %d envs the server no longer had", len(gone))
+        aborted = [e for e in out if e.aborted]
+        if aborted:
+            log.warning("%d of %d episodes were cut by env faults and are left out; first: %s",
+                        len(aborted), len(out), aborted[0].aborted)
         return out
 
     # ------------------------------------------------------------------ data + model
@@ -358,9 +401,10 @@ class Trainer:
             eps = self.episodes(self.eval_tasks(split, n), policy)
             out[f"{split}_success"] = success_rate(eps)
             out[f"{split}_invalid"] = invalid_rate(eps)
+            out[f"{split}_aborted"] = sum(bool(e.aborted) for e in eps)
             if split == "heldout":
                 fam: dict[str, list[bool]] = {}
-                for e in eps:
+                for e in completed(eps):
                     fam.setdefault(e.family, []).append(e.success)
                 out["heldout_by_family"] = {k: round(mean(v), 3) for k, v in sorted(fam.items())}
         self.metrics.log(step, out)
@@ -428,6 +472,9 @@ class Trainer:
         t0 = time.perf_counter()
         episodes = self.episodes(tasks, self.sample_policy)
         t_roll = time.perf_counter() - t0
+        n_aborted = sum(bool(e.aborted) for e in episodes)
+        groups = [g for g, e in zip(groups, episodes, strict=True) if not e.aborted]
+        episodes = completed(episodes)
         env_steps = sum(len(e.steps) for e in episodes)
 
         # the store of successful rollouts feeds Entropulse
@@ -448,7 +495,7 @@ class Trainer:
         rec = {"kind": "train", "phase": progress["phase_label"], "rollout_success": success_rate(episodes),
                "return": mean([e.reward for e in episodes]), "entropy": float(ent.mean()),
                "invalid_rate": invalid_rate(episodes), "env_steps_per_s": env_steps / max(t_roll, 1e-9),
-               "informative_steps": len(keep), "store": len(store)}
+               "informative_steps": len(keep), "store": len(store), "aborted_episodes": n_aborted}
         if keep:
             self.state = set_learning_rate(self.state, cfg.lr)
             order = np.random.default_rng([self.cfg.seed, 7, phase_n, i]).permutation(keep)

@@ -49,12 +49,13 @@ def test_summarise_counts_steps_per_success():
 
     from env_server.types import TaskRef
 
-    def ep(fam, ok, n, bad=0):
+    def ep(fam, ok, n, bad=0, aborted=""):
         steps = [NS(parsed=i >= bad) for i in range(n)]
-        return NS(task=TaskRef(fam, 0, "train"), success=ok, steps=steps)
+        return NS(task=TaskRef(fam, 0, "train"), success=ok, steps=steps, aborted=aborted)
 
     s = summarise([ep("files.delete_file", True, 2), ep("files.delete_file", False, 4, bad=2),
-                   ep("mail.reply", True, 1)])
+                   ep("mail.reply", True, 1), ep("mail.reply", False, 3, bad=3, aborted="step 3: ABORTED")])
+    assert s["overall"]["aborted"] == 1 and s["by_family"]["mail.reply"]["aborted"] == 1
     assert s["overall"]["success"] == pytest.approx(2 / 3)
     assert s["overall"]["steps_per_success"] == pytest.approx(1.5)
     assert s["overall"]["invalid_rate"] == pytest.approx(2 / 7)

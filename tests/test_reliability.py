@@ -176,7 +176,7 @@ def test_reset_that_kills_its_worker_is_not_retried_forever():
 def test_expert_collection_like_the_learner():
     """The learner's expert-demonstration pass: 96 envs, 1,024 tasks, expert actions, lockstep
     episodes through the batched client on an embedded 2-worker sim server. Every reset and step
-    must come back OK (run_episodes raises otherwise); a stall would hit the 30 s deadline."""
+    must come back OK (an aborted episode is no success); a stall would hit the 30 s deadline."""
     seeds = np.random.default_rng([0, 0]).integers(0, 2**31 - 1, 1024)
     tasks = [TaskRef("", int(s), "train") for s in seeds]
     policy = ExpertPolicy("api")
@@ -191,6 +191,32 @@ def test_expert_collection_like_the_learner():
         assert all([s.step_index for s in e.steps] == list(range(1, len(e.steps) + 1))
                    for e in episodes)
         assert st.server.pool.restarts == 0 and c.info().envs == 96
+
+
+def test_rollouts_leave_faulted_episodes_out_and_keep_going():
+    """What the learner sees: a worker killed mid-episode and a step hung past its deadline cut only
+    the episodes on those workers (marked ``aborted``); the third worker's envs finish, and the same
+    env ids run the next episodes normally."""
+    from jaxrl_desktop.rollout import completed, success_rate
+
+    cfg = ServerConfig(workers=3, backend="faulty_sim", backend_modules=(crashing_backend.PATH,),
+                       backend_kwargs={"kill_every": 5, "hang_every": 7, "hang_s": 30.0})
+    with ServerThread(cfg) as st, BatchedClient(st.address, timeout=3) as c:
+        ids = c.create(9)
+        killed, hung, healthy = _by_worker(st, ids).values()
+        seed = {killed[0]: 5, hung[0]: 8}  # 5 % 5 == 0 kills its worker; 8 % 7 == 1 hangs for 30 s
+        safe = iter((2, 3, 4, 6, 9, 11, 12, 13))  # neither kills nor hangs
+        tasks = [TaskRef("files.create_folder", seed.get(e) or next(safe)) for e in ids]
+        episodes = dict(zip(ids, run_episodes(c, ids, tasks, ExpertPolicy("api"), max_steps=16), strict=True))
+        assert episodes[killed[0]].abort_code == "ABORTED" and "SIGKILL" in episodes[killed[0]].aborted
+        assert episodes[hung[0]].abort_code == "DEADLINE_EXCEEDED"
+        assert all(episodes[e].success and not episodes[e].aborted for e in healthy)
+        done = completed(episodes.values())
+        assert all(e.success for e in done) and success_rate(list(episodes.values())) == 1.0
+        _wait(lambda: c.info().live_workers == 3 and c.info().worker_restarts >= 1, what="killed worker replaced")
+        again = run_episodes(c, ids, [TaskRef("files.create_folder", s) for s in (2, 3, 4, 6, 9, 11, 12, 13, 16)],
+                             ExpertPolicy("api"), max_steps=16)
+        assert all(e.success and not e.aborted for e in again)
 
 
 # ---------------------------------------------------------------- 2. hung backend calls

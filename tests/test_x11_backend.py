@@ -319,3 +319,36 @@ def test_typing_any_text_and_context_menu(backend):
     obs = backend.step("right_click(300, 400)")  # the file manager's context menu is listed first
     first = parse_rows(obs.a11y)[0]
     assert first.role == "menu" and find_rows(parse_rows(obs.a11y), role="menu item", name="Select All")
+
+
+def test_family_selection_for_the_x11_backend():
+    from jaxrl_desktop.trainer import select_families
+
+    assert select_families("x11.files.create_folder", "train", "x11") == ["x11.files.create_folder"]
+    editor = select_families("editor", "train", "x11")
+    assert editor and all(f.startswith("x11.editor.") for f in editor)
+    assert "x11.files.copy_file" in select_families("files", "heldout", "x11")
+    assert "x11.files.copy_file" not in select_families("files", "train", "x11")
+    with pytest.raises(ValueError, match=r"unknown family or app.*x11 backend"):
+        select_families("sheet", "train", "x11")
+
+
+@pytest.mark.slow
+@needs_x
+def test_desktop_eval_runs_the_x11_suite(tmp_path):
+    """The same evaluation CLI, expert and random baselines on real-desktop tasks."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-m", "eval.desktop", "--backend=x11", "--workers=1", "--seeds=1",
+                          "--policies=random,expert", "--gallery=2", "--split=heldout",
+                          "--families=x11.files.create_folder,x11.files.copy_file,x11.files.delete_missing",
+                          f"--out={tmp_path}"], cwd=root, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert res["expert"]["overall"]["success"] == 1.0 and res["expert"]["overall"]["episodes"] == 3
+    assert res["random"]["overall"]["success"] < 1.0
+    assert res["expert"]["by_family"]["x11.files.copy_file"]["heldout_family"] is True
+    assert (tmp_path / "gallery.html").stat().st_size > 1000
