@@ -6,7 +6,9 @@
 Prints in-process steps/s on one core (a11y only, and with RAW screenshots), reset latency,
 batched gRPC steps/s at 1/16/64/256 envs (server in a separate process with ``--workers``
 worker processes, client here, EnvPool-style send/recv keeping every env busy) with its ratio to
-in-process steps/s per core, and the resident memory (server + workers) holding 1,000 envs.
+in-process steps/s per core (the issue's ratio) and per worker process (the stricter one: the
+workers use up to ``--workers`` cores, shared with the server and client), and the resident
+memory (server + workers) holding 1,000 envs.
 Actions are a deterministic stream of valid GUI actions (``click(#k)`` on existing a11y rows,
 ``scroll(1)``); the same policy drives both paths, and episodes reset when they end.
 """
@@ -242,7 +244,8 @@ def main() -> None:
                 note = f"   target >= {TARGETS['ratio64']}" if n == 64 else ""
                 print(f"gRPC batched steps/s @ {n:4d} envs: {rate:7.0f} (median "
                       f"{statistics.median(r[0] for r in runs):5.0f})  ratio to in-process/core "
-                      f"{ratio:4.2f}{note}   [CPU us/step client {c_us:.0f} server {s_us:.0f} "
+                      f"{ratio:4.2f}{note}, per worker process {ratio / args.workers:4.2f}"
+                      f"   [CPU us/step client {c_us:.0f} server {s_us:.0f} "
                       f"workers {w_us:.0f}]")
             base, rss, uss, live = bench_memory(server, client, args.mem_envs)
             print(f"memory with {live} live envs (server + workers + forkserver): RSS {rss:.0f} MiB "

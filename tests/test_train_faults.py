@@ -20,12 +20,15 @@ def test_training_survives_killed_workers_and_hung_steps(tmp_path):
     faults = json.dumps({"kill_every": 19, "hang_every": 53, "hang_s": 30.0})
     cmd = [sys.executable, "-m", "jaxrl_desktop.train", f"--config.workdir={tmp_path}", *TINY,
            "--config.env.backend=faulty_sim", f"--config.env.backend_kwargs={faults}",
-           f"--config.env.backend_modules={BACKEND}", "--config.env.timeout_s=3"]
+           f"--config.env.backend_modules={BACKEND}", "--config.env.timeout_s=3",
+           "--config.entropulse.entropy_threshold=100.0"]  # the entropy trigger ends each RL phase
     done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     changes = [r["to"] for r in records if r.get("kind") == "phase_change"]
     assert changes == ["bc", "rl1", "entropulse1", "rl2", "done"]
+    reasons = [r["reason"] for r in records if r.get("kind") == "phase_change" and r["from"].startswith("rl")]
+    assert len(reasons) == 2 and all("fell below the threshold 100.0" in r for r in reasons), reasons
     rl = [r for r in records if r.get("kind") == "train" and "aborted_episodes" in r]
     evals = [r for r in records if r.get("kind") == "eval"]
     cut = sum(r["aborted_episodes"] for r in rl) + sum(r["heldout_aborted"] + r["train_aborted"] for r in evals)

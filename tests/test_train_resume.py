@@ -21,7 +21,7 @@ TINY = [
     "--config.entropulse.steps=6", "--config.entropulse.min_rl_iters=2", "--config.entropulse.batch_size=8",
     "--config.entropulse.entropy_threshold=0.0",
     "--config.eval.episodes=8", "--config.eval.train_episodes=8", "--config.eval.every=2",
-    "--config.checkpoint.sft_every=2", "--config.checkpoint.rl_every=1", "--config.checkpoint.async_save=False",
+    "--config.checkpoint.sft_every=2", "--config.checkpoint.rl_every=1", "--config.checkpoint.async_save=True",
     "--config.log.progress=False", "--config.log.measure_peak=False",
     "--config.model.hidden_size=64", "--config.model.num_layers=2", "--config.model.head_dim=16",
     "--config.model.intermediate_size=128", "--config.tokenizer.vocab_size=512",
@@ -116,14 +116,15 @@ def test_kill_and_resume_gives_identical_metrics(tmp_path):
     trained = set(json.loads((ref / "config.json").read_text())["env"]["families"].split(","))
     assert set(model["by_family"]) == trained == set(res["random"]["by_family"])
 
-    # SIGKILL once the RL phase has checkpointed, SIGTERM once Entropulse has, then finish
-    _run_until(broken, lambda: (_ckpt_phase(broken) or ("", 0))[0] == "rl1" and _ckpt_phase(broken)[1] >= 1,
-               signal.SIGKILL)
-    _run_until(broken, lambda: (_ckpt_phase(broken) or ("", 0))[0] == "entropulse1" and _ckpt_phase(broken)[1] >= 2,
-               signal.SIGTERM)
+    # a kill in every phase once it has checkpointed (async saves: the next save may be in flight):
+    # SIGKILL in BC, in RL1 and in RL2, SIGTERM in Entropulse; then the same command finishes the job
+    for phase, at, sig in (("bc", 2, signal.SIGKILL), ("rl1", 1, signal.SIGKILL),
+                           ("entropulse1", 2, signal.SIGTERM), ("rl2", 1, signal.SIGKILL)):
+        _run_until(broken, lambda p=phase, a=at: (_ckpt_phase(broken) or ("", 0))[0] == p
+                   and _ckpt_phase(broken)[1] >= a, sig)
     done = subprocess.run(_cmd(broken), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "resumed from checkpoint" in done.stderr
+    assert "resumed from checkpoint" in done.stderr and "(phase rl2)" in done.stderr
     got = _records(broken)
     assert got.keys() == want.keys()
     for key in want:
