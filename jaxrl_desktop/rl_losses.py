@@ -3,7 +3,8 @@
 * SFT (behaviour cloning and Entropulse): mean next-token cross-entropy over action tokens.
 * Step-level GRPO: every step of a trajectory carries the trajectory's verifier reward; advantages
   are normalised over all steps of the task instance's group of rollouts; PPO clipping with separate
-  low / high epsilons (asymmetric, "clip-higher"); optional KL to a frozen reference (k3 estimator).
+  low / high epsilons (asymmetric, "clip-higher"); optional KL to a frozen reference (k3 estimator,
+  metric ``kl``); the KL to the rollouts' sampling policy is always reported (``kl_behaviour``).
 
 Each loss returns ``(loss, metrics)`` with the mean token entropy of the policy at action positions.
 """
@@ -57,6 +58,9 @@ def make_grpo_loss(graphdef: nnx.GraphDef, eps_low: float, eps_high: float, kl_c
             "entropy": jnp.sum(ent * mask) / n,
             "clip_frac": jnp.sum(is_clipped * mask) / n,
             "ratio": jnp.sum(ratio * mask) / n,
+            # k3 estimate of KL(sampling policy || current policy) on the sampled tokens: how far the
+            # updates have moved the policy from the one that collected the rollouts (always logged)
+            "kl_behaviour": jnp.sum((ratio - 1.0 - jnp.log(ratio)) * mask) / n,
             "tokens": mask.sum(),
         }
         per_token = pg

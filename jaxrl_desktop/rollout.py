@@ -186,6 +186,12 @@ def completed(episodes: Sequence[Episode]) -> list[Episode]:
     return [e for e in episodes if not e.aborted]
 
 
+def step_rewards(episode: Episode) -> list[float]:
+    """Step-level rewards: the trajectory's verifier reward on every well-formed step, 0 on steps
+    the env could not parse (a successful trajectory does not make its malformed actions good)."""
+    return [episode.reward if st.parsed else 0.0 for st in episode.steps]
+
+
 def success_rate(episodes: Sequence[Episode]) -> float:
     """Success over the episodes no env fault cut short."""
     done = completed(episodes)

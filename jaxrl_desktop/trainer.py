@@ -51,6 +51,7 @@ from jaxrl_desktop.rollout import (
     completed,
     invalid_rate,
     run_episodes,
+    step_rewards,
     success_rate,
 )
 from jaxrl_desktop.sampling import SamplingConfig
@@ -489,7 +490,8 @@ class Trainer:
         del store[: max(0, len(store) - cfg.store_size)]
 
         steps = [(g, e, st) for g, e in zip(groups, episodes, strict=True) for st in e.steps]
-        adv = group_advantages([e.reward for _, e, _ in steps], [g for g, _, _ in steps])
+        rewards = [r for e in episodes for r in step_rewards(e)]
+        adv = group_advantages(rewards, [g for g, _, _ in steps])
         keep = [k for k in range(len(steps)) if adv[k] != 0.0]
         ent = np.concatenate([st.choice.entropy for _, _, st in steps]) if steps else np.zeros(1)
         rec = {"kind": "train", "phase": progress["phase_label"], "rollout_success": success_rate(episodes),
@@ -521,7 +523,7 @@ class Trainer:
                     self.state, m = self.grpo_step(self.state, batch)
                     ms.append(m)
             ms = jax.device_get(ms)
-            for k in ("loss", "clip_frac", "ratio", "grad_norm", "kl"):
+            for k in ("loss", "clip_frac", "ratio", "grad_norm", "kl", "kl_behaviour"):
                 if k in ms[0]:
                     rec[k] = mean([float(x[k]) for x in ms])
             rec.update(self._throughput(tokens, time.perf_counter() - t1))

@@ -87,6 +87,38 @@ def test_grpo_clipping_is_asymmetric():
         assert (float(m["clip_frac"]) > 0.99) == clipped, (shift, adv, float(m["clip_frac"]))
 
 
+def test_grpo_kl_metrics_match_their_closed_form():
+    """A uniform log-prob shift of the sampling (and reference) policy gives known k3 values; the KL
+    term adds ``kl_coef * kl`` to the loss, and both are 0 for the policy itself."""
+    _, model = _tiny()
+    gd, params = nnx.split(model)
+    _, _, b = _batch(np.random.default_rng(3))
+    batch = {k: jnp.asarray(v) for k, v in b.items()}
+    cur = make_logprob_fn(gd)(params, batch)
+    rows = b["tokens"].shape[0]
+    zero_adv = jnp.zeros((rows,))
+    for shift in (0.0, 0.1, -0.3):
+        r = np.exp(-shift)
+        b2 = dict(batch, old_logprobs=cur + shift, ref_logprobs=cur + shift, advantages=zero_adv)
+        loss0, m0 = make_grpo_loss(gd, 0.2, 0.28)(params, b2)
+        loss1, m1 = make_grpo_loss(gd, 0.2, 0.28, kl_coef=0.5)(params, b2)
+        assert float(m0["kl_behaviour"]) == pytest.approx(r - 1 - np.log(r), abs=1e-5)
+        assert float(m1["kl"]) == pytest.approx(np.exp(shift) - shift - 1, abs=1e-5)
+        assert float(loss1) - float(loss0) == pytest.approx(0.5 * float(m1["kl"]), abs=1e-5)
+        assert "kl" not in m0
+
+
+def test_step_rewards_zero_malformed_steps_of_a_success():
+    from jaxrl_desktop.rollout import Episode, Step, step_rewards
+
+    ep = Episode(task=TaskRef("files.create_folder", 1), instruction="", reward=1.0)
+    ep.steps = [Step(None, None, "", 1, parsed=True), Step(None, None, "bad", 2, parsed=False),
+                Step(None, None, "", 3, parsed=True)]
+    assert step_rewards(ep) == [1.0, 0.0, 1.0]
+    ep.reward = 0.0
+    assert step_rewards(ep) == [0.0, 0.0, 0.0]
+
+
 def test_sft_loss_only_counts_action_tokens():
     _, model = _tiny()
     gd, params = nnx.split(model)
