@@ -1,14 +1,21 @@
 """Few-shot demonstration selectors: ``random``, ``dense`` (MiniLM + sharded MIPS) and ``pistis``.
 
 ``make_selector(kind, pool, queries, ...)`` returns an object with ``select(query_index, k) -> list[int]``
-(indices into ``pool``, in prompt order). A pool item with the query's id or question text is never
-chosen, so the evaluation set can be its own demonstration pool (leave-one-out).
+(indices into ``pool``, in prompt order) and ``description`` (what really chose the demonstrations,
+recorded in ``results.json``). A pool item with the query's id or question text is never chosen, so
+the evaluation set can be its own demonstration pool (leave-one-out).
+
+Prompt order: every selector that ranks puts the most relevant demonstration LAST, right before the
+question (dense: most similar last; pistis: the ranker's order, best last; pistis without a ranker:
+the pre-ranking top-k, reversed so that its best is last too). When a prompt does not fit the
+model, the harness drops demonstrations from the front, i.e. the least relevant ones.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -18,9 +25,12 @@ from jax.sharding import Mesh
 from eval.mcq_data import LETTERS, MCQItem
 
 DEMO_KINDS: tuple[str, ...] = ("random", "dense", "pistis")
+log = logging.getLogger(__name__)
 
 
 class DemoSelector(Protocol):
+    description: str
+
     def select(self, query_index: int, k: int) -> list[int]: ...
 
 
@@ -59,6 +69,7 @@ class RandomSelector(_Base):
     def __init__(self, pool: Sequence[MCQItem], queries: Sequence[MCQItem], seed: int = 0):
         super().__init__(pool, queries)
         self.seed = seed
+        self.description = f"random(seed={seed})"
 
     def select(self, query_index: int, k: int) -> list[int]:
         if k <= 0:
@@ -92,7 +103,7 @@ class DenseSelector(_Base):
         self._query_emb = encoder.encode([item_text(it) for it in self.queries], progress=progress,
                                          desc="embed queries")
         self.index = DenseIndex(pool_emb, mesh=mesh)
-        self._cache: dict[int, list[int]] = {}
+        self.description = "dense(MiniLM cosine, most similar last)"
 
     def select(self, query_index: int, k: int) -> list[int]:
         if k <= 0:
@@ -118,7 +129,14 @@ class DenseSelector(_Base):
 
 
 class PistisSelector(_Base):
-    """Demonstrations chosen and ordered by the Pistis-RAG cascade (``ranking.cascade.PistisCascade``)."""
+    """Demonstrations chosen and ordered by the Pistis-RAG cascade (``ranking.cascade.PistisCascade``).
+
+    The query's own pool items (leave-one-out) are masked out of its candidate list BEFORE the
+    ranker scores it, so the list-aware ranker sees the list as it would be without them and its top
+    ``k`` in its own prompt order (best last) is used as is. Without a ranker the cascade gives the
+    pre-ranking order (best first); it is reversed here so the best demonstration is last, as with
+    every other selector, and ``description`` says ``prerank fallback``.
+    """
 
     def __init__(
         self,
@@ -126,36 +144,70 @@ class PistisSelector(_Base):
         queries: Sequence[MCQItem],
         mesh: Mesh | None = None,
         ranker_dir: str | None = None,
+        encoder: Any = None,
+        progress: bool = False,
     ):
         super().__init__(pool, queries)
         cascade_cls = load_pistis_cascade()
-        self.cascade = cascade_cls([item_text(it) for it in self.pool], ranker_dir=ranker_dir, mesh=mesh)
+        kw: dict[str, Any] = {"progress": progress} if progress else {}
+        self.cascade = cascade_cls([item_text(it) for it in self.pool], ranker_dir=ranker_dir, mesh=mesh,
+                                   encoder=encoder, **kw)
+        self.progress = progress
+        self.has_ranker = bool(getattr(self.cascade, "has_ranker", ranker_dir is not None))
+        if self.has_ranker:
+            step = None
+            try:
+                from ranking.ranker import read_ranker_info
+
+                step = read_ranker_info(ranker_dir).get("step")
+            except (ImportError, OSError, ValueError):
+                pass
+            self.description = f"pistis(ranker={ranker_dir}" + (f", step {step})" if step is not None else ")")
+        else:
+            self.description = "pistis(prerank fallback: no ranker_dir; pre-ranking top-k, best last)"
+            log.warning(
+                "--demos pistis without --ranker_dir: demonstrations are the matching + pre-ranking top-k, "
+                "NOT ordered by a trained ranker (recorded as %r in results.json); train one with "
+                "`python -m ranking.train` and pass --ranker_dir", self.description,
+            )
 
     def select(self, query_index: int, k: int) -> list[int]:
         if k <= 0:
             return []
         excl = self._check_k(query_index, k)
-        picked = self.cascade.select(item_text(self.queries[query_index]), k + len(excl))
-        return self._usable(picked, excl, k)
+        return self._rank([item_text(self.queries[query_index])], [excl], k)[0]
 
-    @staticmethod
-    def _usable(picked: Sequence[int], excl: set[int], k: int) -> list[int]:
-        out = [int(i) for i in picked if int(i) not in excl][:k]
+    def select_all(self, k: int) -> list[list[int]]:
+        """All queries in one batched cascade call."""
+        if k <= 0:
+            return [[] for _ in self.queries]
+        excls = [self._check_k(q, k) for q in range(len(self.queries))]
+        return self._rank([item_text(it) for it in self.queries], excls, k)
+
+    def _rank(self, texts: list[str], excls: list[set[int]], k: int) -> list[list[int]]:
+        cascade = self.cascade
+        if hasattr(cascade, "candidates") and hasattr(cascade, "order"):
+            cands = cascade.candidates(texts, progress=self.progress) if self.progress else cascade.candidates(texts)
+            for row, excl in enumerate(excls):  # leave-one-out before ranking, not after
+                if excl:
+                    cands.where[row] &= ~np.isin(cands.indices[row], list(excl))
+            picked = cascade.order(cands, k)
+            return [self._usable(p, excl, k) for p, excl in zip(picked, excls, strict=True)]
+        # a cascade with only rank()/select(): ask for more and drop the excluded items afterwards
+        extra = max((len(e) for e in excls), default=0)
+        rank = getattr(cascade, "rank", None)
+        picked = rank(texts, k + extra) if rank is not None else [cascade.select(t, k + extra) for t in texts]
+        return [self._usable(p, excl, k) for p, excl in zip(picked, excls, strict=True)]
+
+    def _usable(self, picked: Sequence[int], excl: set[int], k: int) -> list[int]:
+        """The ``k`` best usable items of one cascade list, most relevant last. The cascade's list is
+        in ranker prompt order (best LAST) with a ranker and in pre-ranking order (best first)
+        without one, so the best ``k`` are its last ``k`` or its first ``k`` (then reversed)."""
+        out = [int(i) for i in picked if int(i) not in excl]
+        out = out[-k:] if self.has_ranker else out[:k][::-1]
         if len(out) < k:
             raise RuntimeError(f"PistisCascade returned {len(out)} usable demonstrations, {k} needed")
         return out
-
-    def select_all(self, k: int) -> list[list[int]]:
-        """All queries in one batched ``PistisCascade.rank`` call when the cascade has it."""
-        if k <= 0:
-            return [[] for _ in self.queries]
-        rank = getattr(self.cascade, "rank", None)
-        if rank is None:
-            return [self.select(q, k) for q in range(len(self.queries))]
-        excls = [self._check_k(q, k) for q in range(len(self.queries))]
-        extra = max((len(e) for e in excls), default=0)
-        ranked = rank([item_text(it) for it in self.queries], k + extra)
-        return [self._usable(p, e, k) for p, e in zip(ranked, excls, strict=True)]
 
 
 def load_pistis_cascade() -> type:
@@ -188,5 +240,5 @@ def make_selector(
     if kind == "dense":
         return DenseSelector(pool, queries, mesh=mesh, encoder=encoder, progress=progress)
     if kind == "pistis":
-        return PistisSelector(pool, queries, mesh=mesh, ranker_dir=ranker_dir)
+        return PistisSelector(pool, queries, mesh=mesh, ranker_dir=ranker_dir, encoder=encoder, progress=progress)
     raise ValueError(f"unknown demonstration selector {kind!r}; choose one of {DEMO_KINDS}")

@@ -7,18 +7,25 @@ How it is computed (prefix reuse by *tree packing*): a request becomes one *pack
 ``[context | cont_1 | cont_2 | ... ]`` in which every continuation attends to the shared context and
 causally to itself, never to the other continuations, and takes positions right after the context.
 So the context is computed once for all options and nothing is padded per option. Packets are
-bin-packed (first-fit decreasing) into rows of one length ``L``, chosen by a FLOP model among a few
-sizes, and rows go to the model in batches of a fixed row count sharded over the ``batch``
-mesh axes. Only the continuation positions are projected to the vocabulary (compacted to ``Tn``
-targets per row, a power of two), so one run compiles one shape ``(rows, L, Tn)``.
-``reuse_prefix=False`` packs ``[context | cont]`` per option instead (the naive baseline).
+bin-packed (best-fit decreasing) into rows whose lengths come from a few *length buckets*: a FLOP
+model picks the bucket set (at most ``max_shapes`` lengths from ``row_lengths``; a bucket is only
+added when it saves at least ``min_shape_gain`` of the cost, since every shape is one compile), and
+each row is shrunk to the shortest bucket that holds it, so long packets that cannot share a row
+do not drag every row to the longest length. Rows go to the model in batches of a fixed row count
+sharded over the ``batch`` mesh axes. Only the continuation positions are projected to the
+vocabulary (compacted to ``Tn`` targets per row, a power of two), so a run compiles one shape
+``(rows, L, Tn)`` per bucket. ``reuse_prefix=False`` packs ``[context | cont]`` per option instead
+(the naive baseline).
 
-Counters: ``real`` = non-padding token slots computed, ``computed`` = all slots (rows x L),
-``unique`` = context once + continuations, ``naive`` = sum over options of (context + continuation).
+Counters: ``real`` = non-padding token slots computed, ``computed`` = all slots (rows x L, padding
+rows of a batch included), ``unique`` = context once + continuations, ``naive`` = sum over options
+of (context + continuation). The layout (and so ``real`` / ``computed``) depends only on token
+counts: :meth:`LoglikScorer.plan` gives the counters without running the model.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,11 +40,28 @@ from jaxrl_desktop.mesh import LOGICAL_AXIS_RULES, make_mesh
 from jaxrl_desktop.models.decoder import Decoder, log_probs_from_logits
 from jaxrl_desktop.sharding import batch_sharding, constrain, param_shardings
 
-ROW_LENGTHS: tuple[int, ...] = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
+# Candidate row lengths: steps of 64 up to 1024, then 128, 256, 512 (each at most ~1/8 of the length,
+# so shrinking a row to the shortest bucket that holds it leaves little padding).
+ROW_LENGTHS: tuple[int, ...] = (
+    *range(64, 1025, 64), *range(1152, 2049, 128), *range(2304, 4097, 256), *range(4608, 8193, 512)
+)
 # The masked softmax over the [L, L] scores is memory-bound: on this CPU one score element cost about
 # as much as 1000 matmul FLOPs (the "small" preset: ~49/80/125/344 us per token at L=256/512/1024/2048),
 # so the row-length choice counts it at that weight. Lower it on accelerators.
 SCORE_ELEMENT_COST = 1000.0
+MAX_SHAPES = 4  # length buckets (compiled shapes) per run
+MIN_SHAPE_GAIN = 0.02  # a further bucket must cut the modelled cost by at least this fraction
+
+
+class OverlongError(ValueError):
+    """A continuation alone does not fit the position limit (no context token would be left)."""
+
+    def __init__(self, request: int, length: int, limit: int):
+        self.request, self.length, self.limit = request, length, limit
+        super().__init__(
+            f"request {request}: a continuation of {length} tokens leaves no room for context "
+            f"within {limit} tokens (max_positions / longest row)"
+        )
 
 
 @dataclasses.dataclass
@@ -59,8 +83,10 @@ class ScoreStats:
     rows: int = 0
     calls: int = 0
     truncated: int = 0
-    row_length: int = 0
-    target_width: int = 0
+    row_length: int = 0  # the longest row length used
+    target_width: int = 0  # the widest target width used
+    row_counts: dict[int, int] = dataclasses.field(default_factory=dict)  # row length -> rows
+    modelled_cost: float = 0.0  # the layout's cost in the FLOP model (FLOP-equivalents)
     shapes: set[tuple[int, int, int]] = dataclasses.field(default_factory=set)
 
     @property
@@ -153,26 +179,45 @@ class _Packet:
         return len(self.context) + sum(len(c) for _, c in self.conts)
 
 
-def _pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
-    """First-fit decreasing bin packing of item ``lengths`` into rows of ``capacity`` -> item ids per row."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+def _pack(
+    lengths: Sequence[int], capacity: int | Callable[[int], int], order: Sequence[int] | None = None
+) -> tuple[list[list[int]], list[int]]:
+    """Best-fit decreasing bin packing of item ``lengths`` -> (item ids per row, slots used per row).
+    Each item goes into the open row with the least free space that holds it; a new row gets
+    ``capacity`` slots, or ``capacity(length of its first item)`` when ``capacity`` is a function.
+    ``order``: the item ids by decreasing length, if already known."""
+    cap_of = capacity if callable(capacity) else (lambda n: capacity)
+    if order is None:
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     rows: list[list[int]] = []
-    free: list[int] = []
+    used: list[int] = []
+    free: list[tuple[int, int]] = []  # sorted (free slots, row id)
+    smallest = min(lengths, default=0)
     for i in order:
         n = lengths[i]
-        for r, f in enumerate(free):
-            if f >= n:
-                rows[r].append(i)
-                free[r] -= n
-                break
+        j = bisect.bisect_left(free, (n, -1))
+        if j < len(free):
+            f, r = free.pop(j)
+            rows[r].append(i)
+            used[r] += n
         else:
+            f, r = cap_of(n), len(rows)
             rows.append([i])
-            free.append(capacity - n)
-    return rows
+            used.append(n)
+        if f - n >= smallest:  # a row that can take no further item leaves the search
+            bisect.insort(free, (f - n, r))
+    return rows, used
 
 
 def _pow2_at_least(n: int, lo: int = 16) -> int:
     return max(lo, 1 << max(0, int(n - 1).bit_length()))
+
+
+@dataclasses.dataclass
+class _Plan:
+    cost: float
+    lengths: tuple[int, ...]  # the bucket set
+    groups: dict[int, list[list[int]]]  # row length -> rows of packet ids (packets cut for lengths[-1])
 
 
 class LoglikScorer:
@@ -184,10 +229,13 @@ class LoglikScorer:
       rows_per_batch: rows per forward call (rounded up to a multiple of the batch shards).
       max_positions: longest context + continuation the model may see (default ``cfg.max_seq_len``);
         longer contexts are truncated from the left and counted in ``stats.truncated``.
-      row_lengths: candidate row lengths ``L``; the cheapest one (FLOP model) that fits is used.
+      row_lengths: candidate row lengths ``L``; the cheapest set of at most ``max_shapes`` of them
+        (FLOP model) is used, each row shrunk to the shortest length of the set that holds it.
       reuse_prefix: tree-pack all options of a request after one context (else one packet per option).
       score_element_cost: FLOP-equivalent cost of one attention-score element (mask, softmax...) in
         the row-length cost model; see :data:`SCORE_ELEMENT_COST`.
+      max_shapes: most row lengths (compiled shapes) per run; 1 = one length for every row.
+      min_shape_gain: a further row length is used only if it cuts the modelled cost by this fraction.
     """
 
     def __init__(
@@ -201,8 +249,15 @@ class LoglikScorer:
         reuse_prefix: bool = True,
         rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES,
         score_element_cost: float = SCORE_ELEMENT_COST,
+        max_shapes: int = MAX_SHAPES,
+        min_shape_gain: float = MIN_SHAPE_GAIN,
     ):
+        if max_shapes < 1:
+            raise ValueError(f"max_shapes must be >= 1, got {max_shapes}")
         self.score_element_cost = score_element_cost
+        self.max_shapes = int(max_shapes)
+        self.min_shape_gain = float(min_shape_gain)
+        self._layout_cache: tuple[tuple, Any] | None = None
         self.mesh = mesh if mesh is not None else make_mesh(data=-1, fsdp=1, tensor=1)
         self.cfg = model.cfg
         self.max_positions = int(max_positions or model.cfg.max_seq_len)
@@ -229,6 +284,11 @@ class LoglikScorer:
         return self._fn
 
     # ----------------------------------------------------------------------------- layout
+    @property
+    def limit(self) -> int:
+        """The longest context + continuation a packet may hold (positions are per packet)."""
+        return min(self.max_positions, self.row_lengths[-1])
+
     def _prepare(
         self, requests: Sequence[Request], stats: ScoreStats
     ) -> tuple[list[tuple[list[int], list[tuple[int, list[int]]]]], list[int]]:
@@ -236,7 +296,7 @@ class LoglikScorer:
         per request ``(context, [(continuation id, tokens)])``, plus the id offsets."""
         prepared = []
         offsets = [0]
-        limit = min(self.max_positions, self.row_lengths[-1])
+        limit = self.limit
         for r, req in enumerate(requests):
             if not req.continuations:
                 raise ValueError(f"request {r} has no continuations")
@@ -246,10 +306,7 @@ class LoglikScorer:
                 raise ValueError(f"request {r} has an empty context (start it with BOS/EOS)")
             longest = max(len(c) for c in req.continuations)
             if longest + 1 > limit:
-                raise ValueError(
-                    f"request {r}: a continuation of {longest} tokens leaves no room for context "
-                    f"within {limit} tokens (max_positions / longest row)"
-                )
+                raise OverlongError(r, longest, limit)
             ctx = req.context
             if len(ctx) + longest > limit:
                 ctx = ctx[len(ctx) + longest - limit :]
@@ -293,38 +350,122 @@ class LoglikScorer:
         rows = -(-n_rows // self.rows_per_batch) * self.rows_per_batch
         return rows * length * c.num_layers * (per_token + attn)
 
-    def layout(self, requests: Sequence[Request]) -> tuple[int, list[list[_Packet]], list[int], ScoreStats]:
-        """Choose the row length and bin-pack: (L, rows of packets, continuation offsets, stats)."""
+    def _plan(self, lengths: tuple[int, ...], packets: list[_Packet], order: list[int]) -> _Plan:
+        """Pack ``packets`` (cut for the longest bucket; ``order`` = ids by decreasing length) for the
+        bucket set ``lengths`` (ascending): two greedy packings are tried (every new row at the
+        longest bucket, or at the shortest bucket that holds its first packet), rows shrunk to the
+        shortest bucket that holds them; the cheaper one wins."""
+        plens = [p.length for p in packets]
+        capacities: list[Any] = [lengths[-1]]
+        if len(lengths) > 1:
+            capacities.append(lambda n: lengths[bisect.bisect_left(lengths, n)])
+        best: _Plan | None = None
+        for capacity in capacities:
+            rows, used = _pack(plens, capacity, order)
+            groups: dict[int, list[list[int]]] = {}
+            for row, u in zip(rows, used, strict=True):
+                groups.setdefault(lengths[bisect.bisect_left(lengths, u)], []).append(row)
+            cost = sum(self._cost(length, len(g)) for length, g in groups.items())
+            if best is None or cost < best.cost:
+                best = _Plan(cost, lengths, groups)
+        assert best is not None
+        return best
+
+    def _choose(self, prepared) -> tuple[_Plan, list[_Packet]]:
+        """The cheapest bucket set found by local search (and the packets it packs): the best single
+        row length that fits every packet; then, while under ``max_shapes``, add the row length that
+        saves the most if it saves at least ``min_shape_gain``; then swap single lengths for others
+        while that lowers the cost. Candidates: ``row_lengths`` from the shortest packet to twice the
+        longest context + continuation."""
+        need = max(len(ctx) + max(len(c) for _, c in conts) for ctx, conts in prepared)
+        shortest = min(len(ctx) + min(len(c) for _, c in conts) for ctx, conts in prepared)
+        usable = [n for n in self.row_lengths if n >= need]
+        cands = [n for n in self.row_lengths if shortest <= n <= max(2 * need, usable[0])]
+        packets: dict[int, tuple[list[_Packet], list[int]]] = {}
+        seen: dict[tuple[int, ...], _Plan] = {}
+
+        def plan(lengths: set[int]) -> _Plan:
+            key = tuple(sorted(lengths))
+            if key not in seen:
+                if key[-1] not in packets:
+                    ps = self._packets(prepared, key[-1])
+                    packets[key[-1]] = (ps, sorted(range(len(ps)), key=lambda i: -ps[i].length))
+                seen[key] = self._plan(key, *packets[key[-1]])
+            return seen[key]
+
+        best = min((plan({n}) for n in cands if n >= need), key=lambda p: p.cost)
+        while len(best.lengths) < self.max_shapes:
+            trial = min((plan({*best.lengths, n}) for n in cands if n not in best.lengths),
+                        key=lambda p: p.cost, default=None)
+            if trial is None or trial.cost > best.cost * (1.0 - self.min_shape_gain):
+                break
+            best = trial
+        for _ in range(8):  # swap passes
+            improved = False
+            for old in best.lengths:
+                rest = set(best.lengths) - {old}
+                trial = min((plan({*rest, n}) for n in cands
+                             if n not in best.lengths and max(rest | {n}) >= need),
+                            key=lambda p: p.cost, default=None)
+                if trial is not None and trial.cost < best.cost * (1.0 - 1e-3):
+                    best, improved = trial, True
+                    break
+            if not improved:
+                break
+        return best, packets[best.lengths[-1]][0]
+
+    def layout(
+        self, requests: Sequence[Request]
+    ) -> tuple[list[tuple[int, int, list[list[_Packet]]]], list[int], ScoreStats]:
+        """Choose the row lengths and bin-pack: ``([(L, Tn, rows of packets)], continuation offsets,
+        stats)``, the stats' token counters filled in as :meth:`score` will compute them."""
+        key = (self.reuse_prefix, tuple((len(r.context), tuple(map(len, r.continuations))) for r in requests))
+        if self._layout_cache is not None and self._layout_cache[0] == key:
+            # the layout depends only on token counts: re-fill the cached one with these tokens
+            cached, stats = self._layout_cache[1]
+            prepared, offsets = self._prepare(requests, ScoreStats())
+            tokens = {cid: cont for _, conts in prepared for cid, cont in conts}
+            groups = [(length, tn, [[_Packet(p.request, prepared[p.request][0], [(c, tokens[c]) for c, _ in p.conts])
+                                     for p in row] for row in rows]) for length, tn, rows in cached]
+            return groups, offsets, dataclasses.replace(stats, shapes=set(stats.shapes),
+                                                        row_counts=dict(stats.row_counts))
         stats = ScoreStats()
         prepared, offsets = self._prepare(requests, stats)
-        need = max(len(ctx) + max(len(c) for _, c in conts) for ctx, conts in prepared)
-        best: tuple[float, int, list[list[_Packet]]] | None = None
-        for length in self.row_lengths:
-            if length < need:
-                continue
-            packets = self._packets(prepared, length)
-            rows = _pack([p.length for p in packets], length)
-            cost = self._cost(length, len(rows))
-            if best is None or cost < best[0]:
-                best = (cost, length, [[packets[i] for i in row] for row in rows])
-        assert best is not None
-        _, length, packed = best
-        stats.row_length = length
-        stats.rows = len(packed)
-        most = max(sum(len(c) for p in row for _, c in p.conts) for row in packed)
-        stats.target_width = min(_pow2_at_least(most), _pow2_at_least(length))  # one shape per run
-        return length, packed, offsets, stats
+        plan, packets = self._choose(prepared)
+        b = self.rows_per_batch
+        stats.modelled_cost = plan.cost
+        groups = []
+        for length in sorted(plan.groups, reverse=True):
+            rows = [[packets[i] for i in row] for row in plan.groups[length]]
+            most = max(sum(len(c) for p in row for _, c in p.conts) for row in rows)
+            tn = min(_pow2_at_least(most), _pow2_at_least(length))
+            groups.append((length, tn, rows))
+            calls = -(-len(rows) // b)
+            stats.calls += calls
+            stats.rows += len(rows)
+            stats.row_counts[length] = len(rows)
+            stats.real_tokens += sum(p.length for row in rows for p in row)
+            stats.computed_tokens += calls * b * length
+            stats.target_slots += calls * b * tn
+            stats.shapes.add((b, length, tn))
+            stats.row_length = max(stats.row_length, length)
+            stats.target_width = max(stats.target_width, tn)
+        self._layout_cache = (key, (groups, stats))
+        return groups, offsets, dataclasses.replace(stats, shapes=set(stats.shapes), row_counts=dict(stats.row_counts))
+
+    def plan(self, requests: Sequence[Request]) -> ScoreStats:
+        """The token counters :meth:`score` would report, without running the model."""
+        return self.layout(requests)[2] if requests else ScoreStats()
 
     def _batch_arrays(
         self, rows: list[list[_Packet]], length: int, tn: int
-    ) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         b = self.rows_per_batch
         tokens = np.zeros((b, length), np.int32)
         positions = np.zeros((b, length), np.int32)
         segments = np.zeros((b, length), np.int32)
         branches = np.zeros((b, length), np.int32)
         targets: list[list[tuple[int, int, int]]] = []  # per row: (source slot, token, cont id)
-        real = 0
         for i, row in enumerate(rows):
             t = 0
             row_tg: list[tuple[int, int, int]] = []
@@ -344,7 +485,6 @@ class LoglikScorer:
                     src = [last_ctx, *range(t, t + m - 1)]
                     row_tg += [(src[k], cont[k], cid) for k in range(m)]
                     t += m
-            real += t
             targets.append(row_tg)
         tgt_src = np.zeros((b, tn), np.int32)
         tgt_tok = np.zeros((b, tn), np.int32)
@@ -358,15 +498,17 @@ class LoglikScorer:
                 tgt_valid[i, :k] = True
         batch = dict(tokens=tokens, positions=positions, segments=segments, branches=branches,
                      tgt_src=tgt_src, tgt_tok=tgt_tok, tgt_valid=tgt_valid)
-        return batch, tgt_cont, real
+        return batch, tgt_cont
 
     # ------------------------------------------------------------------------------ score
     def warmup(self, requests: Sequence[Request]) -> ScoreStats:
-        """Compile the shape that ``score(requests)`` will use (one all-padding batch)."""
-        length, _, _, stats = self.layout(requests)
-        batch, _, _ = self._batch_arrays([], length, stats.target_width)
+        """Compile the shapes that ``score(requests)`` will use (one all-padding batch each)."""
+        groups, _, stats = self.layout(requests)
         with jax.set_mesh(self.mesh):
-            jax.block_until_ready(self._jitted()(self.params, jax.device_put(batch, batch_sharding(self.mesh, 2))))
+            for length, tn, _ in groups:
+                batch, _ = self._batch_arrays([], length, tn)
+                placed = jax.device_put(batch, batch_sharding(self.mesh, 2))
+                jax.block_until_ready(self._jitted()(self.params, placed))
         return stats
 
     def score(
@@ -375,12 +517,13 @@ class LoglikScorer:
         """Per request, ``float64[n_continuations]`` summed log-probs; plus the token counters."""
         if not requests:
             return [], ScoreStats()
-        length, rows, offsets, stats = self.layout(requests)
+        groups, offsets, stats = self.layout(requests)
         sums = np.zeros(offsets[-1], np.float64)
         remaining = np.zeros(len(requests), np.int64)
-        for row in rows:
-            for p in row:
-                remaining[p.request] += 1
+        for _, _, rows in groups:
+            for row in rows:
+                for p in row:
+                    remaining[p.request] += 1
         bar, own = (progress, False) if hasattr(progress, "update") else (None, bool(progress))
         if own:
             from tqdm.auto import tqdm
@@ -402,22 +545,21 @@ class LoglikScorer:
             if bar is not None and done:
                 bar.update(done)
 
+        calls = 0
         with jax.set_mesh(self.mesh):
-            for start in range(0, len(rows), self.rows_per_batch):
-                chunk = rows[start : start + self.rows_per_batch]
-                batch, tgt_cont, real = self._batch_arrays(chunk, length, stats.target_width)
-                stats.real_tokens += real
-                stats.computed_tokens += batch["tokens"].size
-                stats.target_slots += batch["tgt_tok"].size
-                stats.calls += 1
-                stats.shapes.add((self.rows_per_batch, length, batch["tgt_tok"].shape[1]))
-                placed = jax.device_put(batch, batch_sharding(self.mesh, 2))
-                out = fn(self.params, placed)  # async dispatch: prepare the next batch meanwhile
-                if pending is not None:
-                    collect(pending)
-                pending = (out, tgt_cont, chunk)
+            for length, tn, rows in groups:
+                for start in range(0, len(rows), self.rows_per_batch):
+                    chunk = rows[start : start + self.rows_per_batch]
+                    batch, tgt_cont = self._batch_arrays(chunk, length, tn)
+                    placed = jax.device_put(batch, batch_sharding(self.mesh, 2))
+                    out = fn(self.params, placed)  # async dispatch: prepare the next batch meanwhile
+                    calls += 1
+                    if pending is not None:
+                        collect(pending)
+                    pending = (out, tgt_cont, chunk)
             if pending is not None:
                 collect(pending)
         if own:
             bar.close()
+        assert calls == stats.calls, (calls, stats.calls)
         return [sums[offsets[r] : offsets[r + 1]].copy() for r in range(len(requests))], stats

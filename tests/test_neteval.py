@@ -4,6 +4,7 @@ forward, acc/acc_norm, and the end-to-end report."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 from flax import nnx
 
 from eval import demos as demos_mod
-from eval.loglik import LoglikScorer, Request, encode_requests
+from eval.loglik import ROW_LENGTHS, LoglikScorer, Request, encode_requests
 from eval.mcq_data import (
     DataError,
     MCQItem,
@@ -30,7 +31,15 @@ from eval.mcq_data import (
 )
 from eval.metrics import bootstrap_ci, score_question, summarize
 from eval.models import LoadedModel, load_model, load_policy_checkpoint
-from eval.neteval import EvalConfig, evaluate, write_outputs
+from eval.neteval import (
+    EvalConfig,
+    OverlongError,
+    choose_demos,
+    evaluate,
+    notes,
+    sample_items,
+    write_outputs,
+)
 from eval.prompts import PromptConfig, build_prompt, candidates
 from jaxrl_desktop.mesh import make_mesh
 from jaxrl_desktop.models import Decoder, get_config, shift_logprobs
@@ -259,20 +268,31 @@ def _edge_requests() -> list[Request]:
 
 
 @pytest.mark.parametrize(
-    ("reuse", "row_lengths"),
-    [(True, (128, 256)), (False, (64, 128, 256)), (True, (100,))],  # (100,): options split over packets
+    ("reuse", "row_lengths", "max_shapes"),
+    [
+        (True, (128, 256), 1),
+        (False, (64, 128, 256), 1),
+        (True, (100,), 1),  # (100,): options split over packets
+        (True, ROW_LENGTHS, 4),  # several length buckets (one compiled shape each)
+        (False, ROW_LENGTHS, 4),
+    ],
 )
-def test_loglik_matches_direct_forward(tiny_model, reuse, row_lengths):
+def test_loglik_matches_direct_forward(tiny_model, reuse, row_lengths, max_shapes):
     reqs = _edge_requests()
     mesh = make_mesh(data=2, fsdp=2, tensor=2)
-    scorer = LoglikScorer(tiny_model, mesh, rows_per_batch=4, reuse_prefix=reuse, row_lengths=row_lengths)
+    scorer = LoglikScorer(tiny_model, mesh, rows_per_batch=4, reuse_prefix=reuse, row_lengths=row_lengths,
+                          max_shapes=max_shapes)
+    planned = scorer.plan(reqs)
     got, stats = scorer.score(reqs)
     want = [[_direct(tiny_model, r.context, c) for c in r.continuations] for r in reqs]
     diff = max(abs(g - w) for gs, ws in zip(got, want, strict=True) for g, w in zip(gs, ws, strict=True))
     assert diff < 2e-4, diff
     assert min(min(w) for w in want) < -20  # the values are far from trivial
     assert stats.truncated == 0
-    assert stats.computed_tokens == stats.calls * 4 * stats.row_length
+    batches = {n: -(-rows // 4) for n, rows in stats.row_counts.items()}
+    assert stats.calls == sum(batches.values())
+    assert stats.computed_tokens == sum(4 * n * b for n, b in batches.items())
+    assert planned.as_dict() == stats.as_dict()  # the counters do not need the forward pass
     if not reuse:
         assert stats.real_tokens == stats.naive_tokens
     elif row_lengths == (100,):  # a context is repeated only for the options that did not fit
@@ -280,7 +300,33 @@ def test_loglik_matches_direct_forward(tiny_model, reuse, row_lengths):
     else:
         assert stats.real_tokens == stats.unique_tokens
     assert stats.computed_tokens % 4 == 0 and stats.computed_tokens > stats.real_tokens
-    assert len(stats.shapes) == 1
+    assert len(stats.shapes) == len(stats.row_counts) <= max_shapes
+    if max_shapes > 1:
+        assert len(stats.shapes) > 1  # these requests are worth more than one row length
+        single = LoglikScorer(tiny_model, mesh, rows_per_batch=4, reuse_prefix=reuse, row_lengths=row_lengths,
+                              max_shapes=1).plan(reqs)
+        assert stats.modelled_cost < single.modelled_cost
+
+
+def test_cached_layout_is_refilled_with_new_tokens(tiny_model):
+    """The layout is cached by token counts only; requests of the same shape with other tokens
+    must still be scored with their own tokens."""
+    scorer = LoglikScorer(tiny_model, None, rows_per_batch=2)
+    a = [Request([1, 2, 3, 4], [[5, 6], [7]]), Request([9, 8], [[3], [4, 5, 6]])]
+    b = [Request([11, 12, 13, 14], [[15, 16], [17]]), Request([19, 18], [[13], [14, 15, 16]])]
+    for reqs in (a, b, a):
+        got, _ = scorer.score(reqs)
+        want = [[_direct(tiny_model, r.context, c) for c in r.continuations] for r in reqs]
+        np.testing.assert_allclose(np.concatenate(got), np.concatenate(want), atol=2e-4)
+
+
+def test_bin_packing_fills_rows():
+    from eval.loglik import _pack
+
+    rows, used = _pack([60, 40, 30, 30, 20, 20], 100)
+    assert sorted(used) == [100, 100] and sorted(map(sorted, rows)) == [[0, 1], [2, 3, 4, 5]]
+    rows, used = _pack([90, 70, 10], lambda n: 128 if n > 64 else 64)  # capacity from the first item
+    assert used == [100, 70] and rows == [[0, 2], [1]]
 
 
 def test_loglik_truncates_long_contexts_from_the_left(tiny_model):
@@ -359,6 +405,123 @@ def test_pistis_selector_uses_the_cascade():
     assert 9 in picks[1]  # the paraphrased pool question is retrieved for the paraphrase
 
 
+@pytest.fixture(scope="module")
+def minilm():
+    from jaxrl_desktop.encoder import SentenceEncoder
+
+    return SentenceEncoder.from_pretrained()
+
+
+@pytest.fixture(scope="module")
+def trained_ranker(tmp_path_factory, minilm):
+    """A tiny ranker really trained (``ranking.train.fit_ranker``, saved like ``python -m ranking.train``)
+    on cascade lists of the sample set, labelled so the LEAST similar candidate is best placed last:
+    an order the pre-ranker never gives, so ranker order and pre-ranking order differ."""
+    pytest.importorskip("ranking.cascade")
+    from ranking.cascade import PistisCascade
+    from ranking.listwise import ListwiseData
+    from ranking.train import default_train_config, fit_ranker
+
+    pool = load_mcq(sample_path())
+    mesh = make_mesh(data=1, fsdp=-1, tensor=1)
+    cascade = PistisCascade([demos_mod.item_text(it) for it in pool], encoder=minilm, mesh=mesh, n_prerank=12)
+    cands = cascade.candidates([demos_mod.item_text(it) for it in pool])
+    rng = np.random.default_rng(0)
+    m, k = 12, 3
+    orders = np.full((len(pool), m, k), -1, np.int32)
+    rewards = np.zeros((len(pool), m), np.float32)
+    for i in range(len(pool)):
+        valid = int(cands.where[i].sum())
+        for j in range(m):
+            o = rng.choice(valid, k, replace=False)
+            orders[i, j], rewards[i, j] = o, -3.0 * float(cands.dense[i, o[-1]])  # low similarity last = good
+    data = ListwiseData(
+        query_emb=cands.query_emb, item_emb=cands.item_emb, dense=cands.dense, prerank=cands.prerank,
+        where=cands.where, orders=orders, rewards=rewards, list_mask=np.ones((len(pool), m), bool),
+        source=np.zeros((len(pool), m), np.int8), item_ids=cands.indices,
+    )
+    tcfg = default_train_config()
+    tcfg.steps, tcfg.batch_lists, tcfg.warmup, tcfg.checkpoint_every, tcfg.log_every = 40, 8, 5, 40, 20
+    workdir = tmp_path_factory.mktemp("neteval_ranker")
+    fit_ranker(data, tcfg, dict(d_model=32, num_layers=1, num_heads=4, mlp_dim=64, init_std=0.02), mesh, workdir,
+               progress=False)
+    assert (workdir / "ranker.json").exists()
+    return workdir
+
+
+def _ranker_order(cascade, query: str, excluded: set[int], k: int) -> tuple[list[int], np.ndarray, object]:
+    """The ranker's own prompt order (ascending score, best last) over the query's candidate list
+    with the excluded pool items masked out."""
+    from ranking.ranker import order_from_scores
+
+    cands = cascade.candidates([query])
+    where = cands.where[0] & ~np.isin(cands.indices[0], list(excluded))
+    cands.where[0] = where
+    scores, _ = cascade.scorer(cands.inputs())
+    return [int(cands.indices[0, p]) for p in order_from_scores(scores[0], where, k)], scores[0], cands
+
+
+def test_pistis_selector_keeps_the_rankers_order_with_a_trained_ranker(trained_ranker, minilm):
+    """Leave-one-out with a real ranker: the selected demonstrations are the ranker's top-k in its
+    order (best LAST), the query's own item never among them, and the best-ranked usable demo kept
+    (the old [:k] of k+1 dropped it whenever the query's own item was not in the list)."""
+    from ranking.cascade import PistisCascade
+
+    pool = load_mcq(sample_path())
+    mesh = make_mesh(data=1, fsdp=-1, tensor=1)
+    k = 3
+    paraphrase = MCQItem("p1", "Which protocol counts hops to measure routes?", ("OSPF", "RIP"), (1,))
+    queries = [*pool[:12], paraphrase]
+    sel = demos_mod.make_selector("pistis", pool, queries, mesh=mesh, ranker_dir=str(trained_ranker),
+                                  encoder=minilm)
+    assert sel.description.startswith(f"pistis(ranker={trained_ranker}") and "step 40" in sel.description
+    picks = sel.select_all(k)
+    assert picks == [sel.select(q, k) for q in range(len(queries))]
+    ref = PistisCascade([demos_mod.item_text(it) for it in pool], ranker_dir=str(trained_ranker), mesh=mesh,
+                        encoder=minilm)
+    assert ref.has_ranker
+    differs = 0
+    for q, item in enumerate(queries):
+        excl = sel.excluded(q)
+        want, scores, cands = _ranker_order(ref, demos_mod.item_text(item), excl, k)
+        assert picks[q] == want, q
+        assert not set(picks[q]) & excl and len(set(picks[q])) == k
+        usable = cands.where[0]
+        best = int(cands.indices[0, np.argmax(np.where(usable, scores, -np.inf))])
+        assert picks[q][-1] == best  # the best-ranked usable demonstration sits last, right before the question
+        ranked = [int(cands.indices[0, p]) for p in np.argsort(-np.where(usable, scores, -np.inf))[:k]]
+        assert picks[q] == ranked[::-1]  # ascending ranker score
+        prerank = [int(i) for i in cands.indices[0][usable][:k]][::-1]
+        differs += picks[q] != prerank
+    assert differs > 0  # the trained ranker really reorders / reselects
+    # a query that is not in the pool: exactly what the cascade itself selects
+    assert picks[-1] == ref.select(demos_mod.item_text(paraphrase), k)
+
+
+def test_evaluate_records_the_demo_selector(trained_ranker, minilm, sample_tokenizer, caplog):
+    pytest.importorskip("ranking.cascade")
+    items = load_mcq(sample_path())
+    cfg = get_config("tiny", vocab_size=sample_tokenizer.vocab_size, max_seq_len=1024)
+    loaded = LoadedModel(Decoder(cfg, rngs=nnx.Rngs(0)), sample_tokenizer, False, "tiny test model")
+    mesh = make_mesh(data=1, fsdp=-1, tensor=1)
+    ranked = evaluate(loaded, items[:6], EvalConfig(shots=3, demos="pistis", ranker_dir=str(trained_ranker),
+                                                    bootstrap=20), pool=items, mesh=mesh, encoder=minilm,
+                      progress=False)
+    assert ranked["demo_selector"].startswith(f"pistis(ranker={trained_ranker}")
+    sel = demos_mod.make_selector("pistis", items, items[:6], mesh=mesh, ranker_dir=str(trained_ranker),
+                                  encoder=minilm)
+    want = [[items[i].id for i in p] for p in sel.select_all(3)]
+    assert [q["demos"] for q in ranked["questions"]] == want  # in the ranker's order, into the prompt
+    assert ranked["fit"]["prompts_with_fewer_demos"] == 0
+    with caplog.at_level("WARNING"):
+        fallback = evaluate(loaded, items[:6], EvalConfig(shots=3, demos="pistis", bootstrap=20), pool=items,
+                            mesh=mesh, encoder=minilm, progress=False)
+    assert "prerank fallback" in fallback["demo_selector"]
+    assert any("without --ranker_dir" in r.getMessage() for r in caplog.records)
+    assert evaluate(loaded, items[:2], EvalConfig(shots=0, bootstrap=20), mesh=mesh,
+                    progress=False)["demo_selector"] == "none (0-shot)"
+
+
 def test_pistis_selector_without_cascade_module_is_a_clear_error(monkeypatch):
     real = demos_mod.importlib.util.find_spec
     monkeypatch.setattr(demos_mod.importlib.util, "find_spec",
@@ -371,6 +534,15 @@ def test_pistis_selector_without_cascade_module_is_a_clear_error(monkeypatch):
 
 
 # --------------------------------------------------------------------------- end to end
+def test_seeded_sample_keeps_language_shares():
+    items = load_mcq(sample_path())  # 31 en, 11 zh
+    picked = sample_items(items, 21, seed=1)
+    assert len(picked) == 21 and [it.language for it in picked].count("zh") in (5, 6)
+    assert picked == sample_items(items, 21, seed=1) and picked != sample_items(items, 21, seed=2)
+    assert [items.index(it) for it in picked] == sorted(items.index(it) for it in picked)  # file order
+    assert sample_items(items, 100) == items
+
+
 def test_model_specs():
     with pytest.raises(FileNotFoundError, match="/nonexistent is not a training workdir"):
         load_policy_checkpoint("/nonexistent")
@@ -402,6 +574,72 @@ def test_evaluate_kshot_end_to_end(tmp_path, sample_tokenizer):
     assert json.loads(paths["json"].read_text())["summary"]["language"]
     assert "| Sub-domain | n | acc | 95% CI | acc_norm | 95% CI | chance |" in paths["markdown"].read_text()
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def _loaded_tiny(tokenizer, max_seq_len: int = 1024) -> LoadedModel:
+    cfg = get_config("tiny", vocab_size=tokenizer.vocab_size, max_seq_len=max_seq_len, init_std=0.3)
+    return LoadedModel(Decoder(cfg, rngs=nnx.Rngs(0)), tokenizer, False, "tiny test model")
+
+
+def test_overlong_options_stop_with_a_clear_error_or_are_skipped_and_counted(sample_tokenizer, caplog):
+    items = load_mcq(sample_path())[:6]
+    long_item = MCQItem("too-long", "Which one?", ("short", "x " * 150), (0,), "Security", "en")
+    qs = [*items[:3], long_item, *items[3:]]
+    loaded = _loaded_tiny(sample_tokenizer, max_seq_len=96)
+    mesh = make_mesh(data=1, fsdp=-1, tensor=1)
+    with pytest.raises(OverlongError, match=r"question 'too-long' \(#4 of 7\).*96-token limit") as e:
+        evaluate(loaded, qs, EvalConfig(shots=2, bootstrap=20), mesh=mesh, progress=False)
+    assert "--max_positions" in str(e.value) and "--overlong=skip" in str(e.value)
+    with caplog.at_level("WARNING"):
+        out = evaluate(loaded, qs, EvalConfig(shots=2, bootstrap=20, overlong="skip"), mesh=mesh, progress=False)
+    assert [s["id"] for s in out["skipped"]] == ["too-long"] and out["skipped"][0]["longest_option_tokens"] > 96
+    assert out["questions_total"] == 7 and out["questions_scored"] == 6
+    assert out["summary"]["overall"]["all"]["count"] == 6 and "too-long" not in {q["id"] for q in out["questions"]}
+    assert any("skipping 1 of 7" in r.getMessage() for r in caplog.records)
+    assert any("SKIPPED 1 of 7" in line for line in notes(out))
+    # the other questions get the same demonstrations as in a run without the over-long one
+    alone = evaluate(loaded, qs[:3], EvalConfig(shots=2, bootstrap=20), pool=qs, mesh=mesh, progress=False)
+    assert [q["demos"] for q in alone["questions"]] == [q["demos"] for q in out["questions"][:3]]
+    # a limit large enough for every option: nothing skipped
+    roomy = evaluate(loaded, qs, EvalConfig(shots=0, bootstrap=20, max_positions=512, overlong="skip"), mesh=mesh,
+                     progress=False)
+    assert roomy["skipped"] == [] and roomy["questions_scored"] == 7
+
+
+def test_prompts_that_do_not_fit_lose_front_demonstrations(sample_tokenizer):
+    items = load_mcq(sample_path())
+    loaded = _loaded_tiny(sample_tokenizer, max_seq_len=1024)
+    mesh = make_mesh(data=1, fsdp=-1, tensor=1)
+    cfg = EvalConfig(shots=4, demos="random", bootstrap=20, max_positions=400)
+    chosen = choose_demos(items[:10], items, cfg)
+    out = evaluate(loaded, items[:10], cfg, pool=items, mesh=mesh, progress=False)
+    fit = out["fit"]
+    assert fit["limit"] == 400 and fit["prompts_with_fewer_demos"] > 0 and fit["prompts_truncated"] == 0
+    assert out["efficiency"]["truncated"] == 0
+    for q, picked in zip(out["questions"], chosen, strict=True):
+        shown = q["demos"]
+        assert shown == [items[i].id for i in picked][len(picked) - len(shown):]  # a suffix: the front went first
+    assert fit["demos_dropped"] == sum(4 - len(q["demos"]) for q in out["questions"])
+    assert any("lost" in line for line in notes(out))
+    cut = evaluate(loaded, items[:10], dataclasses.replace(cfg, fit_demos=False), pool=items, mesh=mesh,
+                   progress=False)
+    assert cut["fit"]["prompts_with_fewer_demos"] == 0 and cut["efficiency"]["truncated"] > 0
+    assert all(len(q["demos"]) == 4 for q in cut["questions"])
+
+
+def test_cli_overlong_is_a_one_line_error_with_exit_code_2(shared_dir, tmp_path):
+    """The README command with config:tiny (128 positions) on the real OpsEval data: no traceback,
+    the question id and the flags to change, before any demonstration selection or scoring."""
+    data = shared_dir / "data" / "opseval_wired_network" / "test.json"
+    cmd = [sys.executable, "-m", "eval.neteval", "--model=config:tiny", f"--data={data}", "--format=opseval",
+           "--shots=5", "--demos=pistis", f"--out={tmp_path}"]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("neteval: error:")]
+    assert len(errors) == 1, run.stderr[-2000:]
+    assert "'Wired Network-107'" in errors[0] and "--max_positions" in errors[0] and "--overlong=skip" in errors[0]
+    assert "embed pool" not in run.stderr  # it failed fast, before the cascade
 
 
 @pytest.mark.slow
