@@ -75,19 +75,30 @@ class Checkpointer:
                                       f"expected {want.shape}; was the model config changed?")
         return jax.tree_util.tree_unflatten(treedef, [arrays[k] for k in flat]), meta
 
-    def restore_latest(self, abstract_tree: PyTree) -> tuple[int, PyTree, dict] | None:
-        """The newest step that restores cleanly, or None if there is none. Broken steps are logged."""
+    def restore_latest(self, *abstract_trees: PyTree) -> tuple[int, PyTree, dict] | None:
+        """The newest step that restores cleanly into one of ``abstract_trees`` (tried in order: a
+        training state may or may not hold a reference policy), or None if no step does. Broken
+        (corrupt / partial) steps are logged and skipped; a step that matches none of the structures
+        raises :class:`CheckpointError` (the config changed: not a reason to go back in time)."""
+        if not abstract_trees:
+            raise ValueError("restore_latest needs at least one abstract tree")
         self.wait()
         for step in reversed(self.steps()):
-            try:
-                tree, meta = self.restore(step, abstract_tree)
-            except CheckpointError:
-                raise
-            except Exception as err:  # corrupt / partial directory
-                log.warning("checkpoint step %d in %s is unreadable (%s: %s); trying an older one",
-                            step, self.directory, type(err).__name__, str(err).splitlines()[0][:200])
-                continue
-            return step, tree, meta
+            mismatch = None
+            for abstract_tree in abstract_trees:
+                try:
+                    tree, meta = self.restore(step, abstract_tree)
+                except CheckpointError as err:
+                    mismatch = err
+                    continue
+                except Exception as err:  # corrupt / partial directory
+                    log.warning("checkpoint step %d in %s is unreadable (%s: %s); trying an older one",
+                                step, self.directory, type(err).__name__, str(err).splitlines()[0][:200])
+                    mismatch = None
+                    break
+                return step, tree, meta
+            if mismatch is not None:
+                raise mismatch
         return None
 
     def wait(self) -> None:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from env_server.sim import SIM_SCHEMA
 from env_server.types import TaskRef
 from jaxrl_desktop.batches import pack_examples, per_token
-from jaxrl_desktop.checkpoint import Checkpointer, CheckpointError
+from jaxrl_desktop.checkpoint import Checkpointer
 from jaxrl_desktop.flops import flops_per_token, measure_mesh_matmul_peak
 from jaxrl_desktop.grammar_mask import build_action_grammar
 from jaxrl_desktop.mesh import make_mesh
@@ -177,10 +177,8 @@ def abstract_tree(params: nnx.State, optimizer: optax.GradientTransformation, sh
 def restore_training(ckpt: Checkpointer, params: nnx.State, optimizer: optax.GradientTransformation,
                      shardings: TrainState) -> tuple[int, dict, dict] | None:
     """The newest good training checkpoint (with or without a frozen reference policy)."""
-    try:
-        return ckpt.restore_latest(abstract_tree(params, optimizer, shardings, with_ref=False))
-    except CheckpointError:
-        return ckpt.restore_latest(abstract_tree(params, optimizer, shardings, with_ref=True))
+    return ckpt.restore_latest(abstract_tree(params, optimizer, shardings, with_ref=False),
+                               abstract_tree(params, optimizer, shardings, with_ref=True))
 
 
 def mean(xs: Sequence[float]) -> float:

@@ -172,6 +172,33 @@ def test_checkpoint_restores_onto_another_mesh_and_skips_corrupt_steps(tmp_path,
     ck.close()
 
 
+def test_restore_falls_back_across_state_structures(tmp_path, caplog):
+    """A BC step saved without a reference policy, then an RL step with one whose directory is partial
+    (its array files gone): the newest good step is the BC one, restored into its own structure; a
+    step matching no structure is a clear error, not a silent step back."""
+    cfg = get_config("tiny", vocab_size=64)
+    opt = optax.adamw(1e-3)
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    _, state, sh = create_train_state(lambda: Decoder(cfg, rngs=nnx.Rngs(0)), opt, mesh)
+    abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.params)
+    plain = {"train": abstract_train_state(abstract_params, opt, sh)}
+    with_ref = {**plain, "ref": plain["train"].params}
+    ck = Checkpointer(tmp_path / "ck", keep=3, async_save=False)
+    ck.save(1, {"train": state}, {"progress": {"phase": "bc"}})
+    ck.save(2, {"train": state, "ref": state.params}, {"progress": {"phase": "rl"}})
+    assert ck.restore_latest(plain, with_ref)[0] == 2  # the second structure fits the RL step
+    for f in (tmp_path / "ck" / "2").rglob("*"):
+        if f.is_file() and "meta" not in str(f):
+            f.unlink()
+    with caplog.at_level(logging.WARNING):
+        step, tree, meta = ck.restore_latest(plain, with_ref)
+    assert step == 1 and meta["progress"]["phase"] == "bc" and "ref" not in tree
+    assert "step 2" in caplog.text and "unreadable" in caplog.text
+    with pytest.raises(CheckpointError, match="different state structure"):
+        ck.restore_latest({**plain, "extra": jax.ShapeDtypeStruct((2,), jnp.uint32)})
+    ck.close()
+
+
 def test_metrics_rewind_keeps_discarded_records(tmp_path):
     m = MetricsLogger(tmp_path, tensorboard=True)
     for s in range(1, 6):
