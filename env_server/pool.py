@@ -140,6 +140,8 @@ class WorkerPool:
         self._started = False
         self._restart_delay = self.config.restart_min_s
         self._loop: asyncio.AbstractEventLoop | None = None
+        # called with the number of live workers whenever a worker dies or is replaced
+        self.on_workers_changed: Callable[[int], None] | None = None
         self._sweeper: asyncio.Task | None = None
         self._ctx = mp.get_context(self.config.start_method)
         if self.config.start_method == "forkserver":
@@ -209,6 +211,13 @@ class WorkerPool:
     @property
     def live_workers(self) -> int:
         return sum(w.alive for w in self.workers)
+
+    def _workers_changed(self) -> None:
+        if self.on_workers_changed is not None and not self._closing:
+            try:
+                self.on_workers_changed(self.live_workers)
+            except Exception:  # a status hook must never take the pool down
+                log.exception("on_workers_changed hook failed")
 
     def allocate(self, n: int) -> list[int]:
         """Reserve ids for ``n`` new envs, each placed on the least loaded live worker.
@@ -463,6 +472,7 @@ class WorkerPool:
         if self._closing or not w.alive:
             return
         w.alive = False
+        self._workers_changed()
         await asyncio.to_thread(w.process.join, 1.0)
         why = w.kill_reason or f"worker {w.index} died ({_exit_text(w.process.exitcode)})"
         log.error("%s with %d envs", why, len(w.envs))
@@ -496,6 +506,7 @@ class WorkerPool:
             self.restarts += 1
             w.task = asyncio.create_task(self._read_loop(w, reader), name=f"worker-{w.index}-reader")
             self._flush()
+            self._workers_changed()
             return
 
     def _salvage(self, w: _Worker, why: str) -> None:

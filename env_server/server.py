@@ -94,6 +94,7 @@ class DesktopServer:
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._health_tasks: set[asyncio.Task] = set()
 
     @property
     def address(self) -> str:
@@ -136,10 +137,23 @@ class DesktopServer:
         await server.start()
         self._server = server
         self.batched.start_reaper()
-        for name in ("", BATCHED_SERVICE, DM_ENV_RPC_SERVICE):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self.pool.on_workers_changed = self._on_workers_changed
         log.info("serving %s backend on %s with %d workers", cfg.backend, self.address, cfg.workers)
         return self.port
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", BATCHED_SERVICE, DM_ENV_RPC_SERVICE):
+            await self.health.set(name, status)
+
+    def _on_workers_changed(self, live: int) -> None:
+        """NOT_SERVING while no worker is alive (all dead, or being restarted), SERVING again after."""
+        if self._stopping:
+            return
+        status = health_pb2.HealthCheckResponse.SERVING if live else health_pb2.HealthCheckResponse.NOT_SERVING
+        task = asyncio.get_running_loop().create_task(self._set_health(status))
+        self._health_tasks.add(task)  # keep a reference until it ran
+        task.add_done_callback(self._health_tasks.discard)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting work, let in-flight calls finish (up to ``grace`` s), stop the workers."""

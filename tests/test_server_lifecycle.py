@@ -127,3 +127,24 @@ def test_health_not_serving_while_draining():
 def test_bad_backend_fails_at_start_with_a_clear_error():
     with pytest.raises(RuntimeError, match="unknown backend 'nope'"):
         ServerThread(fake_config(backend="nope")).start()
+
+
+def test_health_follows_the_workers():
+    """NOT_SERVING once no worker is alive; SERVING again when the worker has been replaced."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    for restart in (False, True):
+        with ServerThread(fake_config(workers=1, restart_workers=restart)) as st, \
+                grpc.insecure_channel(st.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            watch = stub.Watch(health_pb2.HealthCheckRequest(service="desktop.v1.DesktopEnv"), timeout=30)
+            assert next(watch).status == serving
+            os.kill(st.server.pool.workers[0].process.pid, signal.SIGKILL)
+            assert next(watch).status == not_serving
+            if restart:
+                assert next(watch).status == serving
+            else:
+                check = health_pb2.HealthCheckRequest(service="")
+                assert stub.Check(check, timeout=5).status == not_serving
+            watch.cancel()
