@@ -72,13 +72,17 @@ def test_packing_matches_sampler_logprobs():
     assert abs(float(loss) + 1.0) < 1e-4  # -mean(ratio * A) with A = 1
 
 
-def test_grpo_clipping_is_asymmetric():
+def _policy_batch(seed: int):
+    """A tiny policy, a packed batch and the policy's own token log-probs on it."""
     _, model = _tiny()
     gd, params = nnx.split(model)
-    _, _, b = _batch(np.random.default_rng(1))
+    _, _, b = _batch(np.random.default_rng(seed))
     batch = {k: jnp.asarray(v) for k, v in b.items()}
-    cur = make_logprob_fn(gd)(params, batch)
-    rows = b["tokens"].shape[0]
+    return gd, params, batch, make_logprob_fn(gd)(params, batch), b["tokens"].shape[0]
+
+
+def test_grpo_clipping_is_asymmetric():
+    gd, params, batch, cur, rows = _policy_batch(seed=1)
     for shift, adv, eps_low, eps_high, clipped in ((-0.22, 1.0, 0.2, 0.28, False), (-0.22, 1.0, 0.2, 0.2, True), (-0.3, 1.0, 0.2, 0.28, True),
                                                     (0.25, -1.0, 0.2, 0.28, True), (0.15, -1.0, 0.2, 0.28, False)):
         # ratio = exp(-shift)
@@ -90,12 +94,7 @@ def test_grpo_clipping_is_asymmetric():
 def test_grpo_kl_metrics_match_their_closed_form():
     """A uniform log-prob shift of the sampling (and reference) policy gives known k3 values; the KL
     term adds ``kl_coef * kl`` to the loss, and both are 0 for the policy itself."""
-    _, model = _tiny()
-    gd, params = nnx.split(model)
-    _, _, b = _batch(np.random.default_rng(3))
-    batch = {k: jnp.asarray(v) for k, v in b.items()}
-    cur = make_logprob_fn(gd)(params, batch)
-    rows = b["tokens"].shape[0]
+    gd, params, batch, cur, rows = _policy_batch(seed=3)
     zero_adv = jnp.zeros((rows,))
     for shift in (0.0, 0.1, -0.3):
         r = np.exp(-shift)
