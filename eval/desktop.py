@@ -54,13 +54,13 @@ def summarise(episodes: Sequence) -> dict:
 
     held_out = HELDOUT_FAMILIES | X11_HELDOUT
 
+    from jaxrl_desktop.rollout import completed, invalid_rate, success_rate
+
     def stats(eps):
-        cut = [e for e in eps if e.aborted]  # env faults: they measure the env, not the policy
-        eps = [e for e in eps if not e.aborted]
-        steps = [s for e in eps for s in e.steps]
-        wins = [e for e in eps if e.success]
-        return {"episodes": len(eps), "aborted": len(cut), "success": sum(e.success for e in eps) / max(len(eps), 1),
-                "invalid_rate": sum(not s.parsed for s in steps) / max(len(steps), 1),
+        done = completed(eps)  # env faults measure the env, not the policy
+        wins = [e for e in done if e.success]
+        return {"episodes": len(done), "aborted": len(eps) - len(done), "success": success_rate(done),
+                "invalid_rate": invalid_rate(done),
                 "steps_per_success": (sum(len(e.steps) for e in wins) / len(wins)) if wins else None}
 
     by_fam, by_app = defaultdict(list), defaultdict(list)
