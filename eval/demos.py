@@ -153,7 +153,7 @@ class PistisSelector(_Base):
         self.cascade = cascade_cls([item_text(it) for it in self.pool], ranker_dir=ranker_dir, mesh=mesh,
                                    encoder=encoder, **kw)
         self.progress = progress
-        self.has_ranker = bool(getattr(self.cascade, "has_ranker", ranker_dir is not None))
+        self.has_ranker = self.cascade.has_ranker
         if self.has_ranker:
             step = None
             try:
@@ -185,18 +185,11 @@ class PistisSelector(_Base):
         return self._rank([item_text(it) for it in self.queries], excls, k)
 
     def _rank(self, texts: list[str], excls: list[set[int]], k: int) -> list[list[int]]:
-        cascade = self.cascade
-        if hasattr(cascade, "candidates") and hasattr(cascade, "order"):
-            cands = cascade.candidates(texts, progress=self.progress) if self.progress else cascade.candidates(texts)
-            for row, excl in enumerate(excls):  # leave-one-out before ranking, not after
-                if excl:
-                    cands.where[row] &= ~np.isin(cands.indices[row], list(excl))
-            picked = cascade.order(cands, k)
-            return [self._usable(p, excl, k) for p, excl in zip(picked, excls, strict=True)]
-        # a cascade with only rank()/select(): ask for more and drop the excluded items afterwards
-        extra = max((len(e) for e in excls), default=0)
-        rank = getattr(cascade, "rank", None)
-        picked = rank(texts, k + extra) if rank is not None else [cascade.select(t, k + extra) for t in texts]
+        cands = self.cascade.candidates(texts, progress=self.progress)
+        for row, excl in enumerate(excls):  # leave-one-out before ranking, not after
+            if excl:
+                cands.where[row] &= ~np.isin(cands.indices[row], list(excl))
+        picked = self.cascade.order(cands, k)
         return [self._usable(p, excl, k) for p, excl in zip(picked, excls, strict=True)]
 
     def _usable(self, picked: Sequence[int], excl: set[int], k: int) -> list[int]:
