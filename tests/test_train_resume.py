@@ -142,3 +142,16 @@ def test_config_typos_fail_fast(tmp_path):
     assert r.returncode != 0
     assert "gropu_size" in r.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("--config.env.backend_kwargs=[1", "env.backend_kwargs is not JSON"),
+    ("--config.env.backend_kwargs=[1]", "must be a JSON object"),
+    ("--config.env.families=filez", "unknown family or app ['filez']"),
+    ("--config.rl.group_size=1", "rl.group_size must be at least 2"),
+])
+def test_unusable_config_values_are_one_line_usage_errors(tmp_path, override, needle):
+    r = subprocess.run([sys.executable, "-m", "jaxrl_desktop.train", f"--config.workdir={tmp_path}", override],
+                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "checkpoints").exists()
