@@ -18,7 +18,7 @@ from pathlib import Path
 from absl import app, flags
 
 flags.DEFINE_string("checkpoint", "", "Training workdir of the policy (empty: baselines only).")
-flags.DEFINE_enum("split", "heldout", ["train", "heldout"], "Task split.")
+flags.DEFINE_enum("split", "heldout", ["train", "heldout", "novel"], "Task split (novel: train families on invented values).")
 flags.DEFINE_string("families", None, "Comma-separated families or apps (default: those the checkpoint was "
                     "trained on, or every family of the split without a checkpoint; \"\" = all).")
 flags.DEFINE_integer("seeds", 4, "Tasks per family (different parameters each).")

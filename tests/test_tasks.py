@@ -2,6 +2,7 @@
 states, a random policy solves almost nothing, splits are disjoint and deterministic."""
 
 import random
+import re
 
 import pytest
 
@@ -9,9 +10,12 @@ from env_server.a11y import parse_rows
 from env_server.actions import ActionError
 from env_server.sim import SIM_SCHEMA
 from env_server.sim.backend import SimBackend
-from env_server.tasks.base import SPLITS
+from env_server.tasks import pools
+from env_server.tasks.base import SPLITS, is_heldout_value, pick
+from env_server.tasks.mail_tasks import SUBJECTS
 from env_server.tasks.expert import Expert
 from env_server.tasks.registry import FAMILIES, HELDOUT_FAMILIES, families, family, make_task
+from env_server.tasks.settings_tasks import DEVICE_NAMES, VOLUMES
 from env_server.types import TaskRef
 
 SEEDS = 12
@@ -31,7 +35,7 @@ def run_expert(backend, task, style, coords=False):
 def cases():
     for name in FAMILIES:
         for split in SPLITS:
-            if split == "train" and name in HELDOUT_FAMILIES:
+            if split != "heldout" and name in HELDOUT_FAMILIES:
                 continue
             yield name, split
 
@@ -92,7 +96,7 @@ def test_verifier_rejects_unsolved_states(name, split):
 def test_tasks_are_deterministic_and_splits_disjoint():
     for name in FAMILIES:
         for split in SPLITS:
-            if split == "train" and name in HELDOUT_FAMILIES:
+            if split != "heldout" and name in HELDOUT_FAMILIES:
                 with pytest.raises(ValueError, match="held out"):
                     make_task(TaskRef(name, 0, split))
                 continue
@@ -101,8 +105,30 @@ def test_tasks_are_deterministic_and_splits_disjoint():
         if name not in HELDOUT_FAMILIES:
             train = {make_task(TaskRef(name, s, "train")).instruction for s in range(200)}
             held = {make_task(TaskRef(name, s, "heldout")).instruction for s in range(200)}
+            novel = {make_task(TaskRef(name, s, "novel")).instruction for s in range(200)}
             assert train.isdisjoint(held), name
             assert len(train) > 20, name  # parameters really vary
+            assert novel.isdisjoint(held), name
+
+
+@pytest.mark.parametrize("pool", [pools.FOLDERS, pools.STEMS, SUBJECTS, DEVICE_NAMES])
+def test_novel_values_are_invented_in_the_shape_of_train_values(pool):
+    rng = random.Random(0)
+    made = [v for _ in range(300) for v in pick(rng, pool, "novel", 2)]
+    assert not set(made) & set(pool)  # never a train or held-out value
+    assert not any(is_heldout_value(v) for v in made)
+    assert len(set(made)) > 250  # really new names, not a handful
+    shapes = {re.sub(r"[a-z]+", "a", re.sub(r"[A-Z][a-z]*", "A", v)) for v in pool if not is_heldout_value(v)}
+    for v in made:  # same pattern of capitalised / lower-case words, digits and separators
+        assert re.sub(r"[a-z]+", "a", re.sub(r"[A-Z][a-z]*", "A", re.sub(r"\d", "9", v))) in {
+            re.sub(r"\d", "9", sh) for sh in shapes}, v
+    assert pick(random.Random(1), pool, "novel", 3) == pick(random.Random(1), pool, "novel", 3)
+
+
+def test_novel_numbers_come_from_the_train_values():
+    rng = random.Random(0)
+    got = {v for _ in range(2000) for v in pick(rng, VOLUMES, "novel")}
+    assert got == {v for v in VOLUMES if not is_heldout_value(v)}
 
 
 def test_sampling_a_split_covers_its_families():

@@ -37,10 +37,11 @@ def family(name: str) -> TaskFamily:
 
 
 def families(split: str) -> list[str]:
-    """Family names that appear in ``split`` (train families appear in both splits)."""
+    """Family names that appear in ``split`` (train families appear in every split, held-out ones only
+    in ``heldout``)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
-    if split == "train":
+    if split != "heldout":
         return [n for n in FAMILIES if n not in HELDOUT_FAMILIES]
     return list(FAMILIES)
 
@@ -51,6 +52,6 @@ def make_task(ref: TaskRef) -> Task:
         raise ValueError(f"unknown split {ref.split!r}; use one of {SPLITS}")
     name = ref.family or random.Random(f"family:{ref.split}:{ref.seed}").choice(families(ref.split))
     fam = family(name)
-    if ref.split == "train" and name in HELDOUT_FAMILIES:
+    if ref.split != "heldout" and name in HELDOUT_FAMILIES:
         raise ValueError(f"family {name!r} is held out; it only exists in the 'heldout' split")
     return fam.make(ref.seed, ref.split)

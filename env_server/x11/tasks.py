@@ -345,6 +345,6 @@ def make_task(ref: TaskRef) -> Task:
     name = ref.family or random.Random(f"x11family:{ref.split}:{ref.seed}").choice(families(ref.split))
     if name not in FAMILIES:
         raise ValueError(f"unknown x11 task family {name!r}; known: {', '.join(FAMILIES)}")
-    if ref.split == "train" and name in HELDOUT_FAMILIES:
+    if ref.split != "heldout" and name in HELDOUT_FAMILIES:
         raise ValueError(f"family {name!r} is held out; it only exists in the 'heldout' split")
     return FAMILIES[name].make(ref.seed, ref.split)
