@@ -55,7 +55,13 @@ def get_config() -> ConfigDict:
     c.rl = ConfigDict(dict(
         phases=2,  # RL phases (an Entropulse SFT phase runs between consecutive ones)
         iters=24,  # iterations per RL phase at most
-        tasks_per_iter=12, group_size=8, epochs=1, minibatch=128,
+        # task values RL explores: "novel" = train families on invented names no demonstration or
+        # evaluation uses (see env_server.tasks.base); "train" = the values BC saw
+        split="novel",
+        # family sampling: weight ~ P(a group disagrees) from recent success (decayed counts), floored;
+        # family_floor=1.0 samples families uniformly
+        family_floor=0.1, family_decay=0.8,
+        tasks_per_iter=24, group_size=8, epochs=1, minibatch=128,
         lr=2e-4, eps_low=0.2, eps_high=0.28, kl_coef=0.0, temperature=1.0, top_p=1.0,
         grammar_mask=True, store_size=4096,
     ))
@@ -64,7 +70,7 @@ def get_config() -> ConfigDict:
         min_rl_iters=8,  # ... once the phase has run this many iterations
         steps=60, batch_size=64, lr=2e-4,
     ))
-    c.eval = ConfigDict(dict(episodes=96, train_episodes=48, every=8, grammar_mask=True))
+    c.eval = ConfigDict(dict(episodes=240, train_episodes=48, every=8, grammar_mask=True))
     c.checkpoint = ConfigDict(dict(sft_every=200, rl_every=2, keep=3, async_save=True))
     c.log = ConfigDict(dict(tensorboard=True, progress=True, plot=True, measure_peak=True))
     return c

@@ -35,6 +35,7 @@ from env_server.sim import SIM_SCHEMA
 from env_server.types import TaskRef
 from jaxrl_desktop.batches import pack_examples, per_token
 from jaxrl_desktop.checkpoint import Checkpointer
+from jaxrl_desktop.curriculum import family_weights, sample_families, update_stats
 from jaxrl_desktop.flops import flops_per_token, measure_mesh_matmul_peak
 from jaxrl_desktop.grammar_mask import build_action_grammar
 from jaxrl_desktop.mesh import make_mesh
@@ -140,6 +141,10 @@ def validate_config(cfg: ConfigDict) -> None:
         raise ValueError(f"env.backend_kwargs must be a JSON object, got {e.backend_kwargs!r}")
     select_families(e.families, "train")
     select_families(e.families, "heldout")
+    if cfg.rl.split not in ("train", "novel"):
+        raise ValueError(f"rl.split must be 'train' or 'novel' (never the evaluation split), got {cfg.rl.split!r}")
+    if not 0 < cfg.rl.family_floor <= 1:
+        raise ValueError(f"rl.family_floor must be in (0, 1] (1 = uniform family sampling), got {cfg.rl.family_floor}")
     if cfg.rl.group_size < 2:
         raise ValueError(f"rl.group_size must be at least 2 (GRPO compares rollouts), got {cfg.rl.group_size}")
 
@@ -179,6 +184,14 @@ def restore_training(ckpt: Checkpointer, params: nnx.State, optimizer: optax.Gra
     """The newest good training checkpoint (with or without a frozen reference policy)."""
     return ckpt.restore_latest(abstract_tree(params, optimizer, shardings, with_ref=False),
                                abstract_tree(params, optimizer, shardings, with_ref=True))
+
+
+def by_family(episodes: Sequence[Episode]) -> dict[str, float]:
+    """Success rate per family (episodes no env fault cut)."""
+    fam: dict[str, list[bool]] = {}
+    for e in completed(episodes):
+        fam.setdefault(e.family, []).append(e.success)
+    return {k: round(mean(v), 3) for k, v in sorted(fam.items())}
 
 
 def mean(xs: Sequence[float]) -> float:
@@ -402,10 +415,7 @@ class Trainer:
             out[f"{split}_invalid"] = invalid_rate(eps)
             out[f"{split}_aborted"] = sum(bool(e.aborted) for e in eps)
             if split == "heldout":
-                fam: dict[str, list[bool]] = {}
-                for e in completed(eps):
-                    fam.setdefault(e.family, []).append(e.success)
-                out["heldout_by_family"] = {k: round(mean(v), 3) for k, v in sorted(fam.items())}
+                out["heldout_by_family"] = by_family(eps)
         self.metrics.log(step, out)
         log.info("eval [%s] held-out success %.3f (invalid actions %.3f), train success %.3f", label,
                  out["heldout_success"], out["heldout_invalid"], out["train_success"])
@@ -465,7 +475,15 @@ class Trainer:
         cfg = self.cfg.rl
         phase_n, i = progress["rl_phase"], progress["phase_step"]
         seeds = task_seeds(self.cfg.seed, 1 + phase_n, i, n=cfg.tasks_per_iter)
-        tasks = [t for t in make_tasks(self.cfg.env.families, "train", seeds) for _ in range(cfg.group_size)]
+        stats = progress.setdefault("family_stats", {})
+        fams = select_families(self.cfg.env.families, cfg.split) if self.cfg.env.families.strip() else []
+        if cfg.family_floor < 1.0 and len(fams) > 1:  # favour families whose groups will disagree
+            weights = family_weights(stats, fams, cfg.group_size, cfg.family_floor)
+            chosen = sample_families(np.random.default_rng([self.cfg.seed, 17, phase_n, i]), fams, weights, len(seeds))
+            refs = [TaskRef(f, s, cfg.split) for f, s in zip(chosen, seeds, strict=True)]
+        else:
+            refs = make_tasks(self.cfg.env.families, cfg.split, seeds)
+        tasks = [t for t in refs for _ in range(cfg.group_size)]
         groups = [j for j in range(len(seeds)) for _ in range(cfg.group_size)]
         self.sample_policy.seed(jax.random.fold_in(jax.random.fold_in(self.base_key, 100 + phase_n), i))
         t0 = time.perf_counter()
@@ -475,6 +493,7 @@ class Trainer:
         groups = [g for g, e in zip(groups, episodes, strict=True) if not e.aborted]
         episodes = completed(episodes)
         env_steps = sum(len(e.steps) for e in episodes)
+        progress["family_stats"] = update_stats(stats, [(e.family, e.success) for e in episodes], cfg.family_decay)
 
         # the store of successful rollouts feeds Entropulse
         seen = {(tuple(p), tuple(a)) for p, a in store}
@@ -495,7 +514,8 @@ class Trainer:
         rec = {"kind": "train", "phase": progress["phase_label"], "rollout_success": success_rate(episodes),
                "return": mean([e.reward for e in episodes]), "entropy": float(ent.mean()),
                "invalid_rate": invalid_rate(episodes), "env_steps_per_s": env_steps / max(t_roll, 1e-9),
-               "informative_steps": len(keep), "store": len(store), "aborted_episodes": n_aborted}
+               "informative_steps": len(keep), "store": len(store), "aborted_episodes": n_aborted,
+               "rollout_by_family": by_family(episodes)}
         if keep:
             self.state = set_learning_rate(self.state, cfg.lr)
             order = np.random.default_rng([self.cfg.seed, 7, phase_n, i]).permutation(keep)
@@ -559,6 +579,10 @@ class Trainer:
             moved = self.metrics.rewind(progress["step"])
             if moved:
                 log.info("moved %d metric records logged after the checkpoint to metrics.discarded.jsonl", moved)
+            if cfg.rl.kl_coef > 0 and self.ref_params is None and progress["phase"] not in ("copy", "bc"):
+                log.warning("rl.kl_coef > 0 but the checkpoint holds no frozen reference (it was written with "
+                            "kl_coef = 0): the restored policy becomes the reference")
+                self.ref_params = jax.tree.map(jnp.copy, self.state.params)
         self._sync_policies()
 
         bc_examples: list[Example] = []

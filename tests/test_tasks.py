@@ -12,8 +12,8 @@ from env_server.sim import SIM_SCHEMA
 from env_server.sim.backend import SimBackend
 from env_server.tasks import pools
 from env_server.tasks.base import SPLITS, is_heldout_value, pick
-from env_server.tasks.mail_tasks import SUBJECTS
 from env_server.tasks.expert import Expert
+from env_server.tasks.mail_tasks import SUBJECTS
 from env_server.tasks.registry import FAMILIES, HELDOUT_FAMILIES, families, family, make_task
 from env_server.tasks.settings_tasks import DEVICE_NAMES, VOLUMES
 from env_server.types import TaskRef

@@ -149,6 +149,8 @@ def test_config_typos_fail_fast(tmp_path):
     ("--config.env.backend_kwargs=[1]", "must be a JSON object"),
     ("--config.env.families=filez", "unknown family or app ['filez']"),
     ("--config.rl.group_size=1", "rl.group_size must be at least 2"),
+    ("--config.rl.split=heldout", "rl.split must be 'train' or 'novel'"),
+    ("--config.rl.family_floor=0", "rl.family_floor must be in (0, 1]"),
 ])
 def test_unusable_config_values_are_one_line_usage_errors(tmp_path, override, needle):
     r = subprocess.run([sys.executable, "-m", "jaxrl_desktop.train", f"--config.workdir={tmp_path}", override],
