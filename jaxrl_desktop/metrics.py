@@ -126,7 +126,7 @@ def plot_training(records: list[dict], out: str | Path) -> Path:
         ax1, ax2 = axes[0][c], axes[1][c]
         pts = [r for r in rl if keep(r["step"])]
         ax1.plot([r["step"] for r in pts], [r["rollout_success"] for r in pts], ".", alpha=0.5,
-                 label="train rollouts")
+                 label="RL rollouts (rl.split)")
         for split, style in (("heldout", "o-"), ("train", "s--")):
             pts = [r for r in evals if f"{split}_success" in r and keep(r["step"])]
             ax1.plot([r["step"] for r in pts], [r[f"{split}_success"] for r in pts], style, label=f"{split} eval")
