@@ -101,7 +101,7 @@ def parse_event(row: Any, path: str = "<row>", line: int = 0) -> FeedbackEvent:
     if len(set(ids)) != len(ids):
         raise fail("field 'shown' repeats a document id")
     fb = row["feedback"]
-    if fb not in FEEDBACK_VALUES:
+    if not isinstance(fb, str) or fb not in FEEDBACK_VALUES:
         raise fail(f"field 'feedback' must be one of {sorted(FEEDBACK_VALUES)}, got {fb!r}")
     eid = row.get("id")
     if eid is not None and (isinstance(eid, bool) or not isinstance(eid, str | int)):

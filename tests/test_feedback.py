@@ -41,6 +41,8 @@ def _write(path, lines: list[str]) -> None:
         ('{"query": "q", "shown": ["a", true], "feedback": "copy"}', "'shown'[1]"),
         ('{"query": "q", "shown": ["a", "a"], "feedback": "copy"}', "repeats a document id"),
         ('{"query": "q", "shown": ["a"], "feedback": "like"}', "'feedback' must be one of"),
+        ('{"query": "q", "shown": ["a"], "feedback": []}', "'feedback' must be one of"),
+        ('{"query": "q", "shown": ["a"], "feedback": {"copy": 1}}', "'feedback' must be one of"),
         ('{"query": "q", "shown": ["a"], "feedback": "copy", "ts": "noon"}', "'ts' must be a finite number"),
         ('{"query": "q", "shown": ["a"], "feedback": "copy", "ts": NaN}', "'ts' must be a finite number"),
         ('{"query": "q", "shown": ["a"], "feedback": "copy", "id": [1]}', "'id' must be a string"),
