@@ -145,6 +145,8 @@ def validate_config(cfg: ConfigDict) -> None:
         raise ValueError(f"rl.split must be 'train' or 'novel' (never the evaluation split), got {cfg.rl.split!r}")
     if not 0 < cfg.rl.family_floor <= 1:
         raise ValueError(f"rl.family_floor must be in (0, 1] (1 = uniform family sampling), got {cfg.rl.family_floor}")
+    if not 0 <= cfg.rl.family_decay <= 1:
+        raise ValueError(f"rl.family_decay must be in [0, 1] (the share of past counts kept), got {cfg.rl.family_decay}")
     if cfg.rl.group_size < 2:
         raise ValueError(f"rl.group_size must be at least 2 (GRPO compares rollouts), got {cfg.rl.group_size}")
 
@@ -471,19 +473,23 @@ class Trainer:
                 self.save(progress, store)
         self._sync_policies()
 
+    def rl_tasks(self, stats: dict, seeds: Sequence[int], phase_n: int, i: int) -> list[TaskRef]:
+        """One task per seed on ``rl.split``; with named families, each drawn by
+        :func:`~jaxrl_desktop.curriculum.family_weights` (favouring families whose groups will disagree)."""
+        cfg, spec = self.cfg.rl, self.cfg.env.families
+        fams = select_families(spec, cfg.split) if spec.strip() else []
+        if cfg.family_floor >= 1.0 or len(fams) < 2:
+            return make_tasks(spec, cfg.split, seeds)
+        weights = family_weights(stats, fams, cfg.group_size, cfg.family_floor)
+        chosen = sample_families(np.random.default_rng([self.cfg.seed, 17, phase_n, i]), fams, weights, len(seeds))
+        return [TaskRef(f, s, cfg.split) for f, s in zip(chosen, seeds, strict=True)]
+
     def rl_iteration(self, progress: dict, store: list[Example]) -> dict:
         cfg = self.cfg.rl
         phase_n, i = progress["rl_phase"], progress["phase_step"]
         seeds = task_seeds(self.cfg.seed, 1 + phase_n, i, n=cfg.tasks_per_iter)
         stats = progress.setdefault("family_stats", {})
-        fams = select_families(self.cfg.env.families, cfg.split) if self.cfg.env.families.strip() else []
-        if cfg.family_floor < 1.0 and len(fams) > 1:  # favour families whose groups will disagree
-            weights = family_weights(stats, fams, cfg.group_size, cfg.family_floor)
-            chosen = sample_families(np.random.default_rng([self.cfg.seed, 17, phase_n, i]), fams, weights, len(seeds))
-            refs = [TaskRef(f, s, cfg.split) for f, s in zip(chosen, seeds, strict=True)]
-        else:
-            refs = make_tasks(self.cfg.env.families, cfg.split, seeds)
-        tasks = [t for t in refs for _ in range(cfg.group_size)]
+        tasks = [t for t in self.rl_tasks(stats, seeds, phase_n, i) for _ in range(cfg.group_size)]
         groups = [j for j in range(len(seeds)) for _ in range(cfg.group_size)]
         self.sample_policy.seed(jax.random.fold_in(jax.random.fold_in(self.base_key, 100 + phase_n), i))
         t0 = time.perf_counter()

@@ -151,6 +151,7 @@ def test_config_typos_fail_fast(tmp_path):
     ("--config.rl.group_size=1", "rl.group_size must be at least 2"),
     ("--config.rl.split=heldout", "rl.split must be 'train' or 'novel'"),
     ("--config.rl.family_floor=0", "rl.family_floor must be in (0, 1]"),
+    ("--config.rl.family_decay=2", "rl.family_decay must be in [0, 1]"),
 ])
 def test_unusable_config_values_are_one_line_usage_errors(tmp_path, override, needle):
     r = subprocess.run([sys.executable, "-m", "jaxrl_desktop.train", f"--config.workdir={tmp_path}", override],

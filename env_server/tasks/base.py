@@ -5,8 +5,8 @@ Splits are deterministic. A family is either a *train* family (it appears in eve
 parameter values) or a *held-out* family (it appears only in the held-out split). Pool values are
 assigned to ``train`` or ``heldout`` by a stable hash, so the same value never appears in both. The
 ``novel`` split runs the train families on values invented per task (:func:`invent`, splices of train
-values): names no pool holds, so neither expert demonstrations (drawn from ``train``) nor evaluation (``heldout``) ever use them.
-RL explores there: a verifier needs no demonstration.
+values): names no pool holds, so neither expert demonstrations (drawn from ``train``) nor evaluation
+(``heldout``) ever use them. RL explores there: a verifier needs no demonstration.
 """
 
 from __future__ import annotations
